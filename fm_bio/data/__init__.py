@@ -1,0 +1,1 @@
+"""Data layer: raw-dataset sources, the per-subject cache, splits and Lightning DataModules."""

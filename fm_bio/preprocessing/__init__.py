@@ -1,0 +1,1 @@
+"""Signal preprocessing: ECG -> beats -> 1 Hz heart rate, normalisation, activity, epoch quality control."""

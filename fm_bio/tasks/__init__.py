@@ -1,0 +1,27 @@
+"""Jobs that ``python -m fm_bio.run task=<name>`` can run. Each task is a function ``(cfg) -> dict``
+returning a small summary (also written to the run folder)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+TaskFn = Callable[[DictConfig], dict[str, Any]]
+
+
+def _preprocess(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.preprocess import preprocess_task
+
+    return preprocess_task(cfg)
+
+
+def _generate_demo(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.preprocess import generate_demo_task
+
+    return generate_demo_task(cfg)
+
+
+TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo}
+"""Registered tasks (imports are lazy so ``--help`` and config tests stay fast)."""

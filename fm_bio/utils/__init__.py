@@ -1,0 +1,1 @@
+"""Small shared helpers (config resolvers, logging set-up)."""

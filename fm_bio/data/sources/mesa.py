@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from functools import cached_property
@@ -60,6 +61,7 @@ class MesaSource(Source):
         ecg_channel: str = "EKG",
         hr_channel: str = "HR",
         annotations: str = "auto",
+        allow_truncated_edf: bool = False,
     ) -> None:
         super().__init__(root)
         unknown = set(modalities) - {"ecg", "hr", "activity"}
@@ -71,6 +73,7 @@ class MesaSource(Source):
         self.ecg_channel = ecg_channel
         self.hr_channel = hr_channel
         self.annotations = annotations
+        self.allow_truncated_edf = allow_truncated_edf
 
     # ---------------------------------------------------------------- subjects and paths
     def normalise_subject_id(self, subject: str | int) -> str:
@@ -129,10 +132,18 @@ class MesaSource(Source):
 
     def _read_edf(self, path: Path) -> tuple[RegularSignal | None, RegularSignal | None, float, str | None]:
         try:
-            edf = edfio.read_edf(path, lazy_load_data=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                edf = edfio.read_edf(path, lazy_load_data=True)
+            truncation = [str(w.message) for w in caught if "data record" in str(w.message)]
+            if truncation and not self.allow_truncated_edf:
+                raise DataError(f"{path}: the EDF is truncated ({'; '.join(truncation)}). Re-download it, or set "
+                                f"dataset.reader.allow_truncated_edf=true to use the part that is there")
             labels = _channel_labels(edf)
             duration_s = float(edf.num_data_records * edf.data_record_duration)
             start_clock = edf.starttime.strftime("%H:%M:%S") if edf.starttime is not None else None
+        except DataError:
+            raise
         except Exception as err:  # edfio raises ValueError/OSError/... on corrupt headers
             raise DataError(f"{path}: cannot read the EDF header ({type(err).__name__}: {err}); the file is corrupt "
                             f"or not an EDF, re-download it") from err

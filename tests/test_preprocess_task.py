@@ -1,0 +1,140 @@
+"""The preprocessing run: cache layout, manifest, skipping intact subjects, atomicity, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fm_bio.data import cache
+from fm_bio.data.sources import AppleWatchSource, MesaSource
+from fm_bio.preprocessing.pipeline import PreprocessConfig
+from fm_bio.tasks.preprocess import PreprocessFailed, run_preprocess
+from tests.factories import STAGES_A, write_mesa_subject
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cache_digest(root: Path) -> dict[str, str]:
+    """Every file of a cache (except temporaries) -> its content hash."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and ".tmp" not in p.parts:
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_cache_layout_and_manifest(mesa_tree, tmp_path):
+    root = tmp_path / "cache"
+    report = run_preprocess(MesaSource(mesa_tree), root, PreprocessConfig(), n_jobs=1, progress=False)
+    assert sorted(report.processed) == ["0001", "0002"] and not report.failed
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["subjects"]["0001"]
+    assert entry["subject"] == "0001"
+    assert entry["label_counts"] == {"wake": 4, "light": 7, "deep": 3, "rem": 4, "unscored": 2}
+    assert entry["n_epochs"] + sum(entry["qc"].values()) == entry["n_night_epochs"] == len(STAGES_A)
+    assert entry["config_hash"] == PreprocessConfig().hash()
+    arrays = cache.open_subject(root, "0001")
+    assert isinstance(arrays["ecg"], np.memmap) and arrays["ecg"].shape == (entry["n_epochs"], 7680)
+    assert arrays["hr"].shape == (entry["n_epochs"], 30) and arrays["activity"].shape == (entry["n_epochs"], 1)
+    assert arrays["label"].dtype == np.int8 and arrays["t_start_s"][1] == 30.0
+
+
+def test_rerun_skips_intact_and_redoes_damaged_or_changed(mesa_tree, tmp_path):
+    root = tmp_path / "cache"
+    cfg = PreprocessConfig()
+    run_preprocess(MesaSource(mesa_tree), root, cfg, progress=False)
+    before = cache_digest(root)
+    again = run_preprocess(MesaSource(mesa_tree), root, cfg, progress=False)
+    assert again.processed == [] and sorted(again.skipped_intact) == ["0001", "0002"]
+    assert cache_digest(root) == before
+    # a damaged file (size changed) -> that subject only is redone
+    ecg = root / "0002" / "ecg.npy"
+    ecg.write_bytes(ecg.read_bytes()[:-100])
+    third = run_preprocess(MesaSource(mesa_tree), root, cfg, progress=False)
+    assert third.processed == ["0002"] and cache_digest(root) == before
+    # other settings -> everything is redone
+    fourth = run_preprocess(MesaSource(mesa_tree), root, PreprocessConfig(hr_max_gap_s=12), progress=False)
+    assert sorted(fourth.processed) == ["0001", "0002"]
+
+
+def test_bad_subject_is_reported_not_fatal_unless_strict(mesa_tree, tmp_path):
+    (mesa_tree / "polysomnography/edfs/mesa-sleep-0002.edf").write_bytes(b"garbage" * 100)
+    root = tmp_path / "cache"
+    report = run_preprocess(MesaSource(mesa_tree), root, PreprocessConfig(), n_jobs=2, progress=False)
+    assert report.processed == ["0001"] and list(report.failed) == ["0002"]
+    assert "mesa-sleep-0002.edf" in report.failed["0002"]
+    manifest = cache.load_manifest(root)
+    assert list(manifest["subjects"]) == ["0001"] and "0002" in manifest["failed"]
+    with pytest.raises(PreprocessFailed, match="0002"):
+        run_preprocess(MesaSource(mesa_tree), tmp_path / "cache2", PreprocessConfig(), strict=True, progress=False)
+
+
+def test_write_interrupted_inside_a_subject_leaves_no_half_subject(mesa_tree, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    real_save = np.save
+    calls = {"n": 0}
+
+    def dying_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed mid-write")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        cache.write_subject(root, "0001", {"label": np.zeros(3, np.int8), "epoch_index": np.arange(3),
+                                           "t_start_s": np.zeros(3), "hr": np.zeros((3, 30))}, {"config_hash": "x"})
+    assert not (root / "0001").exists()
+    assert cache.read_subject_meta(root, "0001") is None
+
+
+def _preprocess_cmd(raw: Path, cache_root: Path, n_jobs: int) -> list[str]:
+    return [sys.executable, "-m", "fm_bio.run", "task=preprocess", "dataset=mesa", f"dataset.root={raw}",
+            f"dataset.cache_root={cache_root}", f"n_jobs={n_jobs}", "progress=false",
+            f"hydra.run.dir={cache_root.parent / 'run'}-{time.time_ns()}"]
+
+
+@pytest.mark.slow
+def test_killed_run_then_rerun_equals_uninterrupted(tmp_path):
+    raw = tmp_path / "mesa"
+    for k in range(6):
+        write_mesa_subject(raw, k + 1, STAGES_A * 3, hr_bpm=50 + 5 * k, seed=k)
+    reference = tmp_path / "ref"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(_preprocess_cmd(raw, reference, 1), check=True, cwd=REPO, env=env, capture_output=True)
+    expected = cache_digest(reference)
+    assert len(json.loads((reference / "manifest.json").read_text())["subjects"]) == 6
+    rng = np.random.default_rng(0)
+    interrupted = 0
+    for trial in range(3):
+        target = tmp_path / f"killed{trial}"
+        proc = subprocess.Popen(_preprocess_cmd(raw, target, 2), cwd=REPO, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.0, 5.0)))
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, wherever they are
+        proc.wait()
+        done = json.loads((target / "manifest.json").read_text())["subjects"] if (target / "manifest.json").exists() else {}
+        interrupted += len(done) < 6
+        subprocess.run(_preprocess_cmd(raw, target, 2), check=True, cwd=REPO, env=env, capture_output=True)
+        assert cache_digest(target) == expected, f"trial {trial}: resumed cache differs from the uninterrupted one"
+    assert interrupted >= 2, "the kills came too late to interrupt the runs; the test proves nothing"
+
+
+def test_applewatch_tree_preprocess_counts(sleep_accel_tree, tmp_path):
+    cfg = PreprocessConfig(modalities=("hr", "activity"), optional_modalities=("activity",), hr_source="device",
+                           hr_max_gap_s=300)
+    report = run_preprocess(AppleWatchSource(sleep_accel_tree), tmp_path / "c", cfg, progress=False)
+    manifest = cache.load_manifest(tmp_path / "c")
+    assert sorted(report.processed) == ["1000001", "1000002", "1000003"]
+    assert manifest["subjects"]["1000003"]["modalities"] == ["hr"]
+    assert manifest["subjects"]["1000001"]["modalities"] == ["activity", "hr"]

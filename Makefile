@@ -35,7 +35,8 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 	$(PY) -m pytest -n 2 -m "not slow"
 
 data: $(STAMP) ## Generate the embedded MESA-format and sleep-accel-format demo data under data/
-	$(RUN) task=generate_demo
+	$(RUN) task=generate_demo dataset=mesa n_jobs=$(N_JOBS)
+	$(RUN) task=generate_demo dataset=applewatch n_jobs=$(N_JOBS)
 
 reproduce: $(STAMP) ## The main job on the embedded demo data (generate -> preprocess)
 	$(RUN) experiment=preprocess_mesa n_jobs=$(N_JOBS)

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from fm_bio.data.labels import MASKED, NSRR_CODES, SLEEP_ACCEL_CODES, SleepStage, count_labels, map_stage_codes
+from fm_bio.data.labels import (
+    MASKED,
+    NSRR_CODES,
+    SLEEP_ACCEL_CODES,
+    SleepStage,
+    count_labels,
+    map_stage_codes,
+)
 
 
 def test_sleep_accel_mapping_every_code():

@@ -16,7 +16,7 @@ import pytest
 from fm_bio.data import cache
 from fm_bio.data.sources import AppleWatchSource, MesaSource
 from fm_bio.preprocessing.pipeline import PreprocessConfig
-from fm_bio.tasks.preprocess import PreprocessFailed, run_preprocess
+from fm_bio.tasks.preprocess import PreprocessError, run_preprocess
 from tests.factories import STAGES_A, write_mesa_subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_bad_subject_is_reported_not_fatal_unless_strict(mesa_tree, tmp_path):
     assert "mesa-sleep-0002.edf" in report.failed["0002"]
     manifest = cache.load_manifest(root)
     assert list(manifest["subjects"]) == ["0001"] and "0002" in manifest["failed"]
-    with pytest.raises(PreprocessFailed, match="0002"):
+    with pytest.raises(PreprocessError, match="0002"):
         run_preprocess(MesaSource(mesa_tree), tmp_path / "cache2", PreprocessConfig(), strict=True, progress=False)
 
 

@@ -23,7 +23,7 @@ from fm_bio.preprocessing.pipeline import QC_REASONS, PreprocessConfig, preproce
 log = logging.getLogger(__name__)
 
 
-class PreprocessFailed(RuntimeError):
+class PreprocessError(RuntimeError):
     """Raised with ``strict=true`` when a subject cannot be preprocessed."""
 
 
@@ -115,7 +115,7 @@ def run_preprocess(source: Source, cache_root: str | Path, cfg: PreprocessConfig
             _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root))
             if error is not None and strict:
                 bar.close()
-                raise PreprocessFailed(f"subject {subject} failed (strict=true): {error}")
+                raise PreprocessError(f"subject {subject} failed (strict=true): {error}")
     _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root))
 
     report.failed = failed

@@ -213,11 +213,14 @@ def open_subject(cache_root: Path, subject: str, names: Iterable[str] | None = N
 
 
 def clean_temporaries(cache_root: Path) -> int:
-    """Remove leftovers of killed writes (``.tmp/``); returns how many were removed."""
-    tmp_root = Path(cache_root) / ".tmp"
-    if not tmp_root.exists():
-        return 0
-    leftovers = list(tmp_root.iterdir())
+    """Remove leftovers of killed writes (``.tmp/`` and ``.<name>.<id>.tmp`` files); returns how many.
+
+    Call it only when no other process writes to this cache.
+    """
+    cache_root = Path(cache_root)
+    tmp_root = cache_root / ".tmp"
+    leftovers = list(tmp_root.iterdir()) if tmp_root.exists() else []
+    leftovers += list(cache_root.glob(".*.tmp"))
     for p in leftovers:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(leftovers)

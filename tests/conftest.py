@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from tests.factories import make_mesa_tree, make_sleep_accel_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_SLEEP_ACCEL = (REPO_ROOT / ".." / "shared" / "data" / "sleep-accel").resolve()
+REAL_SLEEP_ACCEL = Path(os.environ.get("FM_BIO_SLEEP_ACCEL", REPO_ROOT / ".." / "shared" / "data" / "sleep-accel")).resolve()
+"""The real sleep-accel subjects (set FM_BIO_SLEEP_ACCEL to point elsewhere)."""
 
 
 @pytest.fixture

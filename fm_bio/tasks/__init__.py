@@ -23,5 +23,11 @@ def _generate_demo(cfg: DictConfig) -> dict[str, Any]:
     return generate_demo_task(cfg)
 
 
-TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo}
+def _pretrain(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.pretrain import pretrain_task
+
+    return pretrain_task(cfg)
+
+
+TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo, "pretrain": _pretrain}
 """Registered tasks (imports are lazy so ``--help`` and config tests stay fast)."""

@@ -1,0 +1,1 @@
+"""Training: Lightning modules, augmentations, probes, loggers and encoder artifacts."""

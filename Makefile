@@ -38,13 +38,18 @@ data: $(STAMP) ## Generate the embedded MESA-format and sleep-accel-format demo 
 	$(RUN) task=generate_demo dataset=mesa n_jobs=$(N_JOBS)
 	$(RUN) task=generate_demo dataset=applewatch n_jobs=$(N_JOBS)
 
-reproduce: $(STAMP) ## The main job on the embedded demo data (generate -> preprocess)
-	$(RUN) experiment=preprocess_mesa n_jobs=$(N_JOBS)
-	$(RUN) experiment=preprocess_applewatch n_jobs=$(N_JOBS)
+REPRO_DIR ?= outputs/reproduce
+
+reproduce: $(STAMP) ## The main job on the embedded demo data (generate -> preprocess -> pretrain)
+	$(RUN) experiment=preprocess_mesa n_jobs=$(N_JOBS) hydra.run.dir=$(REPRO_DIR)/preprocess_mesa
+	$(RUN) experiment=preprocess_applewatch n_jobs=$(N_JOBS) hydra.run.dir=$(REPRO_DIR)/preprocess_applewatch
+	$(RUN) experiment=pretrain_mesa hydra.run.dir=$(REPRO_DIR)/pretrain
+	@echo "encoder artifact: $(REPRO_DIR)/pretrain/encoder.pt (summary: $(REPRO_DIR)/pretrain/pretrain_summary.json)"
 
 bench: $(STAMP) ## Benchmarks; results go to experiments/bench/
 	$(PY) -m fm_bio.bench.preprocess_bench
 	$(PY) -m fm_bio.bench.loader_bench
+	$(PY) -m fm_bio.bench.pretrain_bench
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check fm_bio tests

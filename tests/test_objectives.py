@@ -375,3 +375,19 @@ def test_build_objective():
     for name in OBJECTIVES:
         out = build_objective(name, MODS, 16, proj_dim=8)(*_views(), seq_len=4)
         assert "loss" in out and out["loss"].requires_grad
+
+
+def test_confusion_mode_trains_classifier_and_pushes_encoder_to_uniform():
+    torch.manual_seed(0)
+    adv = SubjectAdversary(4, 3, mode="confusion", weight_max=1.0, schedule="constant")
+    z = torch.randn(12, 4, requires_grad=True)
+    subject = torch.arange(12) % 3
+    out = adv(z, subject, progress=1.0)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in adv.classifier.parameters() if p.requires_grad)
+    # the encoder's gradient is that of the confusion term alone (cross-entropy to uniform predictions)
+    logits = adv.classifier(z.detach().requires_grad_())
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="options"):
+        SubjectAdversary(4, 3, mode="minimax")
+    assert logits.shape == (12, 3)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn import functional as nnf
 
 __all__ = ["SCHEDULES", "GradientReversal", "SubjectAdversary", "grad_reverse", "warmup_weight"]
@@ -58,6 +59,9 @@ def warmup_weight(progress: float, weight_max: float, schedule: str = "dann", wa
     raise ValueError(f"unknown adversary schedule {schedule!r}; options: {SCHEDULES}")
 
 
+ADVERSARY_MODES = ("grl", "confusion")
+
+
 class SubjectAdversary(nn.Module):
     """Subject classifier on embeddings, trained through a gradient-reversal layer.
 
@@ -74,6 +78,12 @@ class SubjectAdversary(nn.Module):
     schedule : ``dann`` (default), ``linear`` or ``constant``.
     warmup_fraction : share of training over which ``linear`` ramps up (default 0.2).
     dropout : dropout of the hidden layer (default 0.1).
+    input_norm : standardise the embeddings (BatchNorm without affine) before the classifier, so that it
+        sees subject information in low-variance directions as a standardised linear probe does.
+    mode : ``grl`` (default): the encoder receives the classifier's cross-entropy gradient reversed;
+        ``confusion``: the classifier learns on detached embeddings while the encoder is pushed to make
+        its (frozen) predictions uniform over subjects (Tzeng et al. 2015), a bounded min-max that cannot
+        be won by merely relabelling subject clusters.
     """
 
     def __init__(
@@ -85,8 +95,13 @@ class SubjectAdversary(nn.Module):
         schedule: str = "dann",
         warmup_fraction: float = 0.2,
         dropout: float = 0.1,
+        input_norm: bool = True,
+        mode: str = "grl",
     ) -> None:
         super().__init__()
+        if mode not in ADVERSARY_MODES:
+            raise ValueError(f"unknown adversary mode {mode!r}; options: {ADVERSARY_MODES}")
+        self.mode = mode
         if n_subjects < 2:
             raise ValueError(f"a subject adversary needs n_subjects >= 2, got {n_subjects}; turn the adversary off")
         if schedule not in SCHEDULES:
@@ -95,8 +110,9 @@ class SubjectAdversary(nn.Module):
         self.weight_max = float(weight_max)
         self.schedule = schedule
         self.warmup_fraction = float(warmup_fraction)
+        norm: list[nn.Module] = [nn.BatchNorm1d(embedding_dim, affine=False)] if input_norm else []
         self.classifier = nn.Sequential(
-            nn.Linear(embedding_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, n_subjects)
+            *norm, nn.Linear(embedding_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, n_subjects)
         )
 
     def forward(self, embedding: Tensor, subject: Tensor, progress: float) -> dict[str, Tensor]:
@@ -117,7 +133,14 @@ class SubjectAdversary(nn.Module):
                 f"pass the DataModule's n_subjects"
             )
         w = warmup_weight(progress, self.weight_max, self.schedule, self.warmup_fraction)
-        logits = self.classifier(grad_reverse(embedding, w))
-        loss = nnf.cross_entropy(logits, subject)
+        if self.mode == "grl":
+            logits = self.classifier(grad_reverse(embedding, w))
+            loss = nnf.cross_entropy(logits, subject)
+        else:
+            logits = self.classifier(embedding.detach())
+            frozen = {name: p.detach() for name, p in self.classifier.named_parameters()}
+            encoder_logits = functional_call(self.classifier, frozen, (embedding,))
+            confusion = -nnf.log_softmax(encoder_logits, dim=-1).mean()  # cross-entropy to the uniform distribution
+            loss = nnf.cross_entropy(logits, subject) + w * confusion
         accuracy = (logits.detach().argmax(dim=-1) == subject).float().mean()
         return {"loss": loss, "accuracy": accuracy, "weight": torch.tensor(w, dtype=torch.float32, device=embedding.device)}

@@ -1,7 +1,7 @@
 """``task=pretrain``: self-supervised pretraining of a multimodal encoder on a dataset's cache.
 
 Writes into the run folder: ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt`` (by validation
-loss), ``encoder.pt`` (the artifact downstream tasks load by path: weights of the best checkpoint +
+self-supervised loss, without the adversary term), ``encoder.pt`` (the artifact downstream tasks load by path: weights of the best checkpoint +
 the encoder config), ``csv/metrics.csv`` (and a wandb run when ``logger=wandb``), ``pretrain_summary.json``.
 """
 
@@ -72,7 +72,7 @@ def pretrain_task(cfg: DictConfig) -> dict[str, Any]:
     log.info("encoder %s: %d parameters; objective %s; adversary %s", cfg.encoder.name, n_params,
              cfg.loss.objective.name, "on" if module.adversary is not None else "off")
 
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:03d}", monitor="val/loss", mode="min",
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:03d}", monitor="val/ssl_loss", mode="min",
                            save_last=True, auto_insert_metric_name=False)
     probes = EmbeddingProbes(every_n_epochs=cfg.model.probe_every_n_epochs,
                              max_per_subject=cfg.model.probe_max_per_subject, seed=cfg.seed)

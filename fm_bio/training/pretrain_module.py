@@ -56,7 +56,9 @@ class PretrainModule(pl.LightningModule):
         self.modalities = tuple(self.encoder.modalities)
         obj = dict(objective)
         self.objective = build_objective(obj.pop("name"), self.modalities, self.encoder.embedding_dim, **obj)
-        self.adversary = SubjectAdversary(self.encoder.embedding_dim, n_subjects, **adversary) if adversary else None
+        adv = dict(adversary or {})
+        self.adversary_lr_multiplier = float(adv.pop("lr_multiplier", 1.0))
+        self.adversary = SubjectAdversary(self.encoder.embedding_dim, n_subjects, **adv) if adversary else None
         self.augment = Augmenter(augment or {})
 
     def embed(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -76,6 +78,7 @@ class PretrainModule(pl.LightningModule):
         terms = self.objective(out1, out2, seq_len=seq_len)
         loss = terms["loss"]
         logs = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
+        logs[f"{stage}/ssl_loss"] = loss.detach()  # the objective alone (checkpoints are chosen on val/ssl_loss)
         if self.adversary is not None:
             fused = torch.cat([out1.fused, out2.fused])
             subject = batch["subject"].repeat(2)
@@ -95,12 +98,20 @@ class PretrainModule(pl.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+        decay, no_decay, adversary = [], [], []
         for name, p in self.named_parameters():
-            if p.requires_grad:
+            if not p.requires_grad:
+                continue
+            if name.startswith("adversary."):
+                adversary.append(p)
+            else:
                 (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if adversary:  # the adversary learns faster than the encoder so that it keeps up with it
+            groups.append({"params": adversary, "weight_decay": 0.0,
+                           "lr": self.hparams.lr * self.adversary_lr_multiplier})
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(self.hparams.warmup_fraction * total))
 

@@ -5,8 +5,8 @@
   the majority-class rate of the validation epochs beside it. Labels are used only by the probe, never
   by the encoder.
 - **subject probe**: a logistic regression that decodes subject identity among the training subjects,
-  fitted on alternate 20-epoch blocks of each night and scored on the blocks in between; chance is
-  1 / number of subjects. With the subject adversary on, it should fall toward chance.
+  fitted on alternate blocks of (up to) 20 sampled epochs of each night and scored on the blocks in
+  between; chance is 1 / number of subjects. With the subject adversary on, it should fall toward chance.
 """
 
 from __future__ import annotations
@@ -77,13 +77,18 @@ def stage_probe(train: dict[str, np.ndarray], val: dict[str, np.ndarray], seed: 
 
 
 def subject_probe(train: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
-    """Decode subject identity: fit on even 20-epoch blocks, score on odd blocks (all training subjects)."""
-    subjects = np.unique(train["subject"])
-    if len(subjects) < 2:
+    """Decode subject identity: fit on even blocks of each subject's samples (in time order), score on the
+    odd blocks; blocks of up to 20 samples, shorter for short nights so both halves exist."""
+    subjects, counts = np.unique(train["subject"], return_counts=True)
+    if len(subjects) < 2 or counts.min() < 2:
         return {}
-    fit = (train["epoch_index"] // BLOCK_EPOCHS) % 2 == 0
-    if fit.all() or not fit.any():
-        return {}
+    block = max(1, min(BLOCK_EPOCHS, int(counts.min()) // 4))
+    order = np.lexsort((train["epoch_index"], train["subject"]))
+    rank = np.empty(len(order), dtype=np.int64)
+    for s in subjects:  # position of each sample within its subject, in time order
+        members = order[train["subject"][order] == s]
+        rank[members] = np.arange(len(members))
+    fit = (rank // block) % 2 == 0
     pred = _probe(train["z"][fit], train["subject"][fit], train["z"][~fit], seed)
     return {"subject_acc": float(accuracy_score(train["subject"][~fit], pred)),
             "subject_chance": 1.0 / len(subjects)}

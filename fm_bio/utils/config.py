@@ -19,3 +19,8 @@ def register_resolvers() -> None:
     """Register the ``fm_bio.*`` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("fm_bio.path_tag"):
         OmegaConf.register_new_resolver("fm_bio.path_tag", path_tag)
+
+
+def conf_dir() -> Path:
+    """The folder of the shipped Hydra configs (``fm_bio/conf``)."""
+    return Path(__file__).resolve().parents[1] / "conf"

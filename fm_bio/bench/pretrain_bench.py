@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     notes = [
         "One training step = two augmented views of {ecg [1, 7680], hr [1, 30], activity [1, 1]} through the "
         "encoder, the FOCAL objective and the subject adversary, backward and an AdamW step; CPU, torch's default "
-        "threads (2 cores), random inputs, median-free mean over the timed steps after one warm-up step.",
+        "threads (2 cores), random inputs, mean over the timed steps after one warm-up step.",
         "Peak memory is the resident set of a fresh process per encoder (includes torch itself, ~300 MB).",
         "deepsense_paper is meant for a GPU; on this CPU it is timed with a batch of 8 and 2 steps.",
     ]

@@ -29,5 +29,24 @@ def _pretrain(cfg: DictConfig) -> dict[str, Any]:
     return pretrain_task(cfg)
 
 
-TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo, "pretrain": _pretrain}
+def _finetune(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.finetune import finetune_task
+
+    return finetune_task(cfg)
+
+
+def _population(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.population import population_task
+
+    return population_task(cfg)
+
+
+def _report(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.evaluation.report import report_task
+
+    return report_task(cfg)
+
+
+TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo, "pretrain": _pretrain,
+                            "population": _population, "finetune": _finetune, "report": _report}
 """Registered tasks (imports are lazy so ``--help`` and config tests stay fast)."""

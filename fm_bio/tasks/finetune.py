@@ -1,0 +1,182 @@
+"""``task=finetune``: one client's sleep-stage classifier (one variant, one seed), over every fold.
+
+With the default blocked k-fold split each fold trains on the other blocks (minus the context gap),
+stops early on validation kappa, and scores its test block ONCE with that fold's best checkpoint, so
+every labelled epoch of the night gets exactly one out-of-fold prediction. The job writes
+``metrics.json`` (whole-night metrics, per-fold metrics, status) and ``predictions.csv`` into its run
+folder (read by ``task=report``), a CSV log per fold and, when ``logger=wandb``, one wandb run for the
+job (grouped per sweep, tagged with client, model and seed) with the confusion matrix and per-class F1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from fm_bio.data.cache import atomic_write_json, atomic_write_text
+from fm_bio.data.labels import CLASS_NAMES
+from fm_bio.evaluation.metrics import compute_metrics
+from fm_bio.tasks.pretrain import ensure_cache
+from fm_bio.training.classifier_module import ClassifierModule
+from fm_bio.training.trainer import build_trainer, quiet_known_warnings
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def class_weights_from_counts(counts: np.ndarray) -> list[float]:
+    """Inverse-frequency class weights normalised to mean 1 (absent classes get weight 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts[present].sum() / (present.sum() * counts[present])
+    return w.tolist()
+
+
+def folds_of(split: dict[str, Any]) -> list[int]:
+    """The folds a job runs: all k for blocked k-fold, the single split otherwise."""
+    return list(range(int(split["n_folds"]))) if split["scheme"] == "blocked_kfold" else [0]
+
+
+def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule) -> ClassifierModule:
+    """The classifier of ``cfg.model`` sized from the DataModule."""
+    m = cfg.model
+    weights = class_weights_from_counts(dm.class_counts("train")) if m.class_weighted_loss else None
+    return ClassifierModule(
+        variant=m.name, modality_shapes={k: list(v) for k, v in dm.modality_shapes.items()},
+        encoder=_plain(cfg.encoder), encoder_artifact=m.get("encoder_artifact"),
+        population_artifact=m.get("population_artifact"), lr=m.lr, encoder_lr_factor=m.encoder_lr_factor,
+        weight_decay=m.weight_decay, head_hidden_dim=m.head_hidden_dim, head_dropout=m.head_dropout,
+        class_weights=weights,
+    )
+
+
+def fit_and_predict(cfg: DictConfig, dm: pl.LightningDataModule, module: ClassifierModule, out: Path,
+                    name: str) -> tuple[ClassifierModule, str]:
+    """Train with early stopping on validation kappa; reload the best checkpoint (weights only)."""
+    has_val = bool(dm.dataset("val") is not None and len(dm.dataset("val")))
+    monitor = "val/kappa" if has_val else "train/loss"
+    mode = "max" if has_val else "min"
+    ckpt = ModelCheckpoint(dirpath=out / name, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           save_last=False, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [ckpt]
+    if has_val:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.model.patience)))
+    csv = CSVLogger(save_dir=str(out / "csv"), name=name, version="")
+    trainer = build_trainer(cfg, out, [csv], callbacks, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    best = ckpt.best_model_path
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return module, best
+
+
+@torch.no_grad()
+def predict(module: ClassifierModule, loader: Any) -> pd.DataFrame:
+    """Predictions (eval mode) for every batch of ``loader``: epoch_index, y_true, y_pred."""
+    module.eval()
+    rows = []
+    for batch in loader:
+        pred = module(batch).argmax(-1)
+        rows.append(pd.DataFrame({"epoch_index": batch["epoch_index"].numpy(), "y_true": batch["label"].numpy(),
+                                  "y_pred": pred.numpy()}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["epoch_index", "y_true", "y_pred"])
+
+
+def finetune_task(cfg: DictConfig) -> dict[str, Any]:
+    """Entry of ``task=finetune`` (needs ``client=<id>``)."""
+    quiet_known_warnings()
+    if cfg.get("client") is None:
+        raise SystemExit("task=finetune needs client=<subject id> (or a sweep over clients: see experiment=study_mesa)")
+    out = Path(cfg.paths.output_dir)
+    ensure_cache(cfg)
+    split = _plain(cfg.split.client)
+    record: dict[str, Any] = {
+        "study": cfg.get("study", {}).get("name") if cfg.get("study") else None, "dataset": cfg.dataset.name,
+        "client": str(cfg.client), "model": cfg.model.name, "seed": int(cfg.seed),
+        "split": {"scheme": split["scheme"], "n_folds": len(folds_of(split))},
+        "context_epochs": int(cfg.dataset.datamodule.context_epochs),
+        "encoder_artifact": cfg.model.get("encoder_artifact"), "status": "ok", "error": None,
+    }
+    metrics_path = out / "metrics.json"
+    preds, folds = [], []
+    try:
+        for fold in folds_of(split):
+            pl.seed_everything(int(cfg.seed) + fold, workers=True)
+            dm = hydra.utils.instantiate(cfg.dataset.datamodule, client=cfg.client, split={**split, "fold": fold})
+            dm.setup("fit")
+            record["client"] = dm.client_subject
+            module = build_classifier(cfg, dm)
+            module, best = fit_and_predict(cfg, dm, module, out, f"fold{fold}")
+            fold_preds = predict(module, dm.test_dataloader())
+            fold_preds["fold"] = fold
+            preds.append(fold_preds)
+            m = compute_metrics(fold_preds["y_true"].to_numpy(), fold_preds["y_pred"].to_numpy())
+            folds.append({"fold": fold, "n_test": int(len(fold_preds)), "best_checkpoint": Path(best).name if best else None,
+                          **{k: m[k] for k in ("accuracy", "macro_f1", "kappa")}})
+            log.info("client %s %s fold %d: n=%d accuracy=%.3f macro_f1=%.3f kappa=%.3f", record["client"],
+                     cfg.model.name, fold, len(fold_preds), m["accuracy"], m["macro_f1"], m["kappa"])
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        log.error("client %s model %s seed %s failed:\n%s", cfg.client, cfg.model.name, cfg.seed, traceback.format_exc())
+        atomic_write_json(metrics_path, record)
+        if cfg.get("strict"):
+            raise
+        return record
+    all_preds = pd.concat(preds, ignore_index=True).sort_values("epoch_index")
+    record["metrics"] = compute_metrics(all_preds["y_true"].to_numpy(), all_preds["y_pred"].to_numpy())
+    record["folds"] = folds
+    atomic_write_text(out / "predictions.csv", all_preds.to_csv(index=False))
+    atomic_write_json(metrics_path, record)
+    log_job_to_wandb(cfg, record)
+    m = record["metrics"]
+    log.info("client %s %s seed %s (all %d folds, %d epochs): accuracy=%.3f macro_f1=%.3f kappa=%.3f -> %s",
+             record["client"], cfg.model.name, cfg.seed, len(folds), m["n_epochs"], m["accuracy"], m["macro_f1"],
+             m["kappa"], metrics_path)
+    return record
+
+
+def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
+    """One wandb run per job (offline unless WANDB_MODE=online), grouped per sweep; always finished."""
+    wcfg = (cfg.get("logger") or {}).get("wandb")
+    if not wcfg:
+        return
+    import wandb
+
+    from fm_bio.training.loggers import plain_config
+
+    w = _plain(wcfg)
+    Path(w["save_dir"]).mkdir(parents=True, exist_ok=True)
+    tags = [f"client:{record['client']}", f"model:{record['model']}", f"seed:{record['seed']}"]
+    run = wandb.init(project=w["project"], mode=w["mode"], dir=w["save_dir"], group=w.get("group"),
+                     job_type="finetune", tags=[*(w.get("tags") or []), *tags], config=plain_config(cfg),
+                     name=f"{record['client']}-{record['model']}-s{record['seed']}", reinit="finish_previous")
+    try:
+        m = record["metrics"]
+        run.summary.update({k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")})
+        run.summary.update({f"f1_{c}": m.get(f"f1_{c}") for c in CLASS_NAMES})
+        table = wandb.Table(columns=["true \\ predicted", *CLASS_NAMES],
+                            data=[[CLASS_NAMES[i], *row] for i, row in enumerate(m["confusion"])])
+        fold_table = wandb.Table(columns=list(record["folds"][0]), data=[list(f.values()) for f in record["folds"]])
+        run.log({"confusion_matrix": table, "folds": fold_table})
+    finally:
+        run.finish()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -40,11 +40,15 @@ data: $(STAMP) ## Generate the embedded MESA-format and sleep-accel-format demo 
 
 REPRO_DIR ?= outputs/reproduce
 
-reproduce: $(STAMP) ## The main job on the embedded demo data (generate -> preprocess -> pretrain)
+reproduce: $(STAMP) ## The main job on the embedded demo data: preprocess -> pretrain -> per-client study -> report
 	$(RUN) experiment=preprocess_mesa n_jobs=$(N_JOBS) hydra.run.dir=$(REPRO_DIR)/preprocess_mesa
 	$(RUN) experiment=preprocess_applewatch n_jobs=$(N_JOBS) hydra.run.dir=$(REPRO_DIR)/preprocess_applewatch
 	$(RUN) experiment=pretrain_mesa hydra.run.dir=$(REPRO_DIR)/pretrain
-	@echo "encoder artifact: $(REPRO_DIR)/pretrain/encoder.pt (summary: $(REPRO_DIR)/pretrain/pretrain_summary.json)"
+	$(RUN) experiment=population_mesa hydra.run.dir=$(REPRO_DIR)/population
+	rm -rf $(REPRO_DIR)/study
+	$(RUN) -m experiment=study_mesa hydra.sweep.dir=$(REPRO_DIR)/study
+	$(RUN) task=report study=mesa_demo report.sweep_dir=$(REPRO_DIR)/study
+	@echo "results: experiments/mesa_demo/results.md"
 
 bench: $(STAMP) ## Benchmarks; results go to experiments/bench/
 	$(PY) -m fm_bio.bench.preprocess_bench

@@ -154,7 +154,7 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
 def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
     """One wandb run per job (offline unless WANDB_MODE=online), grouped per sweep; always finished."""
     wcfg = (cfg.get("logger") or {}).get("wandb")
-    if not wcfg:
+    if not wcfg or "project" not in wcfg:  # logger=csv (an experiment may still set wandb.group)
         return
     import wandb
 

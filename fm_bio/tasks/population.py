@@ -17,9 +17,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from fm_bio.evaluation.metrics import compute_metrics
 from fm_bio.tasks.finetune import build_classifier, fit_and_predict, predict
 from fm_bio.tasks.pretrain import ensure_cache
-from fm_bio.evaluation.metrics import compute_metrics
 from fm_bio.training.artifacts import export_encoder
 from fm_bio.training.trainer import quiet_known_warnings
 

@@ -29,12 +29,13 @@ VARIANTS = ("base", "fm_probe", "fm_finetune", "fm_population")
 
 
 class ClassificationHead(nn.Module):
-    """MLP from the fused embedding to the 4 class logits."""
+    """MLP from the fused embedding to the 4 class logits; the embedding is standardised first
+    (BatchNorm), so a frozen encoder's embedding scale does not matter."""
 
     def __init__(self, embedding_dim: int, hidden_dim: int = 64, n_classes: int = len(CLASS_NAMES), dropout: float = 0.2) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_dim, n_classes))
+        self.net = nn.Sequential(nn.BatchNorm1d(embedding_dim), nn.Linear(embedding_dim, hidden_dim), nn.ReLU(),
+                                 nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -22,7 +22,7 @@ def build_loggers(cfg: DictConfig, run_name: str, tags: list[str] | None = None)
     lcfg = cfg.get("logger") or {}
     if "csv" in lcfg:
         loggers.append(CSVLogger(save_dir=lcfg.csv.save_dir, name=lcfg.csv.name, version=""))
-    if "wandb" in lcfg:
+    if "wandb" in lcfg and "project" in lcfg.wandb:
         w = OmegaConf.to_container(lcfg.wandb, resolve=True)
         assert isinstance(w, dict)
         Path(w["save_dir"]).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,60 @@
+"""The per-client study end to end: a tiny pretraining, a subprocess sweep of 2 clients x 2 models, and
+the report built from its jobs (plus one wandb offline run per job)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.factories import STAGES_A, write_mesa_subject
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENTS = ["0004", "0005"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "fm_bio.run", *args], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
+    raw = tmp_path / "raw"
+    for k in range(5):
+        write_mesa_subject(raw, k + 1, STAGES_A * 3, hr_bpm=52 + 6 * k, seed=k)  # 30-min nights
+    common = [f"dataset.root={raw}", f"dataset.cache_root={tmp_path / 'cache'}", "progress=false", "n_jobs=1",
+              f"study.clients=[{','.join(CLIENTS)}]", "study.name=tiny"]
+    pre = tmp_path / "pretrain"
+    _run(["experiment=pretrain_mesa", *common, f"hydra.run.dir={pre}", "trainer.max_epochs=1",
+          "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "dataset.datamodule.batch_size=16",
+          "dataset.datamodule.seq_len=4", "model.probe_max_per_subject=20", "split.subjects.val_fraction=0.34"])
+    manifest_split = json.loads((pre / "pretrain_summary.json").read_text())["subjects"]
+    assert manifest_split["train"]["n_subjects"] + manifest_split["val"]["n_subjects"] == 3  # clients held out
+
+    sweep = tmp_path / "sweep"
+    _run(["-m", "experiment=study_mesa", *common, f"study.encoder_artifact={pre / 'encoder.pt'}",
+          f"client={','.join(CLIENTS)}", "model=base,fm_finetune", f"hydra.sweep.dir={sweep}",
+          "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"])
+    jobs = sorted(sweep.rglob("metrics.json"))
+    assert len(jobs) == 4
+    for path in jobs:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok", record
+        lines = (path.parent / "predictions.csv").read_text().strip().splitlines()
+        labelled = sum(1 for s in STAGES_A * 3 if s not in (6, 9))
+        assert len(lines) - 1 == labelled == record["metrics"]["n_epochs"]  # every labelled epoch once, out of fold
+        assert len(list((path.parent / "wandb").glob("offline-run-*"))) == 1, "one wandb run per job"
+
+    out = tmp_path / "report"
+    _run(["task=report", f"report.sweep_dir={sweep}", f"report.out_dir={out}", "study=none", "study.name=tiny",
+          f"hydra.run.dir={tmp_path / 'report_run'}"])
+    text = (out / "results.md").read_text()
+    for client in CLIENTS:
+        assert f"| {client} | base |" in text and f"| {client} | fm_finetune |" in text
+    assert "Kappa" in text and "Wilcoxon" in text
+    assert list((out / "figures").glob("hypnogram_*.png"))

@@ -302,3 +302,19 @@ def test_all_jobs_failed_is_reported_not_a_crash(tmp_path):
     assert summary["n_ok"] == 0 and summary["n_failed"] == 2
     assert "no client has both models" in table_row(md, "fm_finetune vs base | F1")
     assert "| 0001 | fm_finetune | 1 | ValueError: bad config |" in md
+
+
+def test_latest_sweep_prefers_the_study_folder(tmp_path):
+    import os
+
+    from fm_bio.evaluation.report import latest_sweep
+
+    root = tmp_path / "finetune-multirun"
+    old, new, other = root / "mesa_demo" / "2026-01-01", root / "mesa_demo" / "2026-01-02", root / "aw" / "2026-02-01"
+    for i, p in enumerate((old, new, other)):
+        p.mkdir(parents=True)
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+    assert latest_sweep(tmp_path, study="mesa_demo") == new
+    assert latest_sweep(tmp_path, study="aw") == other
+    with pytest.raises(FileNotFoundError, match="report.sweep_dir"):
+        latest_sweep(tmp_path / "nothing")

@@ -732,10 +732,13 @@ def _markdown(info: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def latest_sweep(log_dir: Path, task: str = "finetune") -> Path:
-    """The newest folder under ``<log_dir>/<task>-multirun/`` (folder names are timestamps)."""
+def latest_sweep(log_dir: Path, task: str = "finetune", study: str | None = None) -> Path:
+    """The newest sweep folder under ``<log_dir>/<task>-multirun/<study>/`` (study sweeps, see
+    ``conf/experiment/study_mesa.yaml``) or else under ``<log_dir>/<task>-multirun/``."""
     root = Path(log_dir) / f"{task}-multirun"
-    runs = sorted((p for p in root.glob("*") if p.is_dir()), key=lambda p: (p.name, p.stat().st_mtime)) \
+    if study and (root / study).is_dir():
+        root = root / study
+    runs = sorted((p for p in root.glob("*") if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name)) \
         if root.is_dir() else []
     if not runs:
         raise FileNotFoundError(f"no sweep under {root}; run the per-client sweep first or set "
@@ -760,7 +763,7 @@ def report_task(cfg: Any) -> dict[str, Any]:
     root = Path(get("paths.root_dir", "."))
     sweep = get("report.sweep_dir", "latest")
     if str(sweep) == "latest":
-        sweep_dir = latest_sweep(Path(get("paths.log_dir", root / "outputs")))
+        sweep_dir = latest_sweep(Path(get("paths.log_dir", root / "outputs")), study=get("report.study"))
         log.info("report.sweep_dir=latest: %s", sweep_dir)
     else:
         sweep_dir = Path(sweep)

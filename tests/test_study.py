@@ -26,7 +26,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
     raw = tmp_path / "raw"
     for k in range(5):
-        write_mesa_subject(raw, k + 1, STAGES_A * 3, hr_bpm=52 + 6 * k, seed=k)  # 30-min nights
+        write_mesa_subject(raw, k + 1, STAGES_A * 6, hr_bpm=52 + 6 * k, seed=k)  # 1-h nights
     common = [f"dataset.root={raw}", f"dataset.cache_root={tmp_path / 'cache'}", "progress=false", "n_jobs=1",
               f"study.clients=[{','.join(CLIENTS)}]", "study.name=tiny"]
     pre = tmp_path / "pretrain"
@@ -38,23 +38,26 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
 
     sweep = tmp_path / "sweep"
     _run(["-m", "experiment=study_mesa", *common, f"study.encoder_artifact={pre / 'encoder.pt'}",
-          f"client={','.join(CLIENTS)}", "model=base,fm_finetune", f"hydra.sweep.dir={sweep}",
+          f"client={','.join(CLIENTS)}", "model=base,fm_finetune,classic", f"hydra.sweep.dir={sweep}",
           "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"])
     jobs = sorted(sweep.rglob("metrics.json"))
-    assert len(jobs) == 4
+    assert len(jobs) == 6
     for path in jobs:
         record = json.loads(path.read_text())
         assert record["status"] == "ok", record
         lines = (path.parent / "predictions.csv").read_text().strip().splitlines()
-        labelled = sum(1 for s in STAGES_A * 3 if s not in (6, 9))
+        labelled = sum(1 for s in STAGES_A * 6 if s not in (6, 9))
         assert len(lines) - 1 == labelled == record["metrics"]["n_epochs"]  # every labelled epoch once, out of fold
         assert len(list((path.parent / "wandb").glob("offline-run-*"))) == 1, "one wandb run per job"
+        if record["model"] == "classic":
+            assert record["split"]["gap_epochs"] >= 10  # the feature windows never reach the test block
 
     out = tmp_path / "report"
     _run(["task=report", f"report.sweep_dir={sweep}", f"report.out_dir={out}", "study=none", "study.name=tiny",
           f"hydra.run.dir={tmp_path / 'report_run'}"])
     text = (out / "results.md").read_text()
     for client in CLIENTS:
-        assert f"| {client} | base |" in text and f"| {client} | fm_finetune |" in text
+        for model in ("base", "fm_finetune", "classic"):
+            assert f"| {client} | {model} |" in text
     assert "Kappa" in text and "Wilcoxon" in text
     assert list((out / "figures").glob("hypnogram_*.png"))

@@ -115,15 +115,27 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
     }
     metrics_path = out / "metrics.json"
     preds, folds = [], []
+    classic = cfg.model.name == "classic"
+    if classic:  # feature windows reach FEATURE_WINDOW_EPOCHS either side: keep them out of the test block
+        from fm_bio.models.classic import FEATURE_WINDOW_EPOCHS
+
+        if split["scheme"] != "random_epochs":
+            gap = split.get("gap_epochs")
+            split["gap_epochs"] = max(int(gap if gap is not None else cfg.dataset.datamodule.context_epochs),
+                                      FEATURE_WINDOW_EPOCHS)
+        record["split"]["gap_epochs"] = split.get("gap_epochs")
     try:
         for fold in folds_of(split):
             pl.seed_everything(int(cfg.seed) + fold, workers=True)
             dm = hydra.utils.instantiate(cfg.dataset.datamodule, client=cfg.client, split={**split, "fold": fold})
             dm.setup("fit")
             record["client"] = dm.client_subject
-            module = build_classifier(cfg, dm)
-            module, best = fit_and_predict(cfg, dm, module, out, f"fold{fold}")
-            fold_preds = predict(module, dm.test_dataloader())
+            if classic:
+                fold_preds, best = fit_predict_classic(cfg, dm), None
+            else:
+                module = build_classifier(cfg, dm)
+                module, best = fit_and_predict(cfg, dm, module, out, f"fold{fold}")
+                fold_preds = predict(module, dm.test_dataloader())
             fold_preds["fold"] = fold
             preds.append(fold_preds)
             m = compute_metrics(fold_preds["y_true"].to_numpy(), fold_preds["y_pred"].to_numpy())
@@ -149,6 +161,27 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
              record["client"], cfg.model.name, cfg.seed, len(folds), m["n_epochs"], m["accuracy"], m["macro_f1"],
              m["kappa"], metrics_path)
     return record
+
+
+def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule) -> pd.DataFrame:
+    """``model=classic``: gradient boosting on hand-crafted features, same split as the deep models
+    (trained on the training + validation blocks: it needs no early stopping)."""
+    from fm_bio.data import cache
+    from fm_bio.models.classic import epoch_features, make_classifier
+
+    subject = dm.client_subject
+    entry = cache.load_manifest(dm.cache_root)["subjects"][subject]
+    names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
+    arrays = cache.open_subject(dm.cache_root, subject, names, mmap=False)
+    features = epoch_features(arrays, entry["n_night_epochs"])
+    fit_rows = np.concatenate([dm.dataset(s).sample_row for s in ("train", "val") if dm.dataset(s) is not None])
+    test_rows = dm.dataset("test").sample_row
+    clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
+                          float(cfg.model.learning_rate))
+    clf.fit(features[fit_rows], arrays["label"][fit_rows])
+    return pd.DataFrame({"epoch_index": arrays["epoch_index"][test_rows].astype(np.int64),
+                         "y_true": arrays["label"][test_rows].astype(np.int64),
+                         "y_pred": clf.predict(features[test_rows]).astype(np.int64)})
 
 
 def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:

@@ -61,3 +61,18 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
             assert f"| {client} | {model} |" in text
     assert "Kappa" in text and "Wilcoxon" in text
     assert list((out / "figures").glob("hypnogram_*.png"))
+    # Cross-dataset transfer: the MESA-format FM (ecg, hr, activity) serving an Apple Watch client (hr, activity)
+    from tests.factories import make_sleep_accel_tree
+
+    aw = make_sleep_accel_tree(tmp_path / "aw_raw")
+    for sid in ("1000001", "1000002", "1000003"):  # 20-epoch nights are too short for folds: lengthen them
+        path = aw / "labels" / f"{sid}_labeled_sleep.txt"
+        stages = [line.split()[1] for line in path.read_text().splitlines()] * 6
+        path.write_text("".join(f"{30 * i} {s}\n" for i, s in enumerate(stages)))
+    transfer = tmp_path / "transfer"
+    _run(["experiment=applewatch_from_mesa", f"dataset.root={aw}", f"dataset.cache_root={tmp_path / 'aw_cache'}",
+          "progress=false", "n_jobs=1", "client=1000001", "model=fm_finetune", "study.clients=[1000001]",
+          f"study.encoder_artifact={pre / 'encoder.pt'}", "trainer.max_epochs=2", "split.client.n_folds=2",
+          "dataset.datamodule.batch_size=16", "dataset.preprocess.hr_max_gap_s=100000", f"hydra.run.dir={transfer}"])
+    record = json.loads((transfer / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["dataset"] == "applewatch" and record["metrics"]["n_epochs"] > 0

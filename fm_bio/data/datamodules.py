@@ -35,6 +35,7 @@ from fm_bio.data import cache
 from fm_bio.data.datasets import ConsecutiveEpochSampler, EpochDataset, ModalityError, collate_prebatched
 from fm_bio.data.labels import CLASS_NAMES
 from fm_bio.data.splits import SubjectSplit, client_split, scheme_parameters, split_subjects
+from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists (Hydra passes DictConfig/ListConfig)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return obj
-    if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
 
 
 def _short_list(items: Sequence[str], limit: int = 20) -> str:
@@ -121,7 +111,7 @@ class SleepDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.cache_root = Path(cache_root)
-        modalities = _plain(modalities)
+        modalities = to_plain(modalities)
         self.modalities = tuple(modalities) if modalities is not None else tuple(self.default_modalities)
         self.context_epochs = int(context_epochs)
         self.batch_size = int(batch_size)
@@ -131,9 +121,9 @@ class SleepDataModule(pl.LightningDataModule):
         self.persistent_workers = bool(persistent_workers)
         self.seed = int(seed)
         self.client = client
-        split = dict(_plain(split) or {})
+        split = dict(to_plain(split) or {})
         self.split_params = split if "scheme" in split else {**DEFAULT_SPLIT, **split}
-        self.subject_params = {**DEFAULT_SUBJECTS, **(_plain(subjects) or {})}
+        self.subject_params = {**DEFAULT_SUBJECTS, **(to_plain(subjects) or {})}
         unknown = sorted(set(self.subject_params) - set(DEFAULT_SUBJECTS))
         if unknown:
             raise ValueError(f"subjects: unknown keys {unknown}; accepted: {sorted(DEFAULT_SUBJECTS)}")

@@ -10,7 +10,6 @@ job (grouped per sweep, tagged with client, model and seed) with the confusion m
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
@@ -31,12 +30,9 @@ from fm_bio.evaluation.metrics import compute_metrics
 from fm_bio.tasks.pretrain import ensure_cache
 from fm_bio.training.classifier_module import ClassifierModule
 from fm_bio.training.trainer import build_trainer, quiet_known_warnings
+from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def class_weights_from_counts(counts: np.ndarray) -> list[float]:
@@ -59,7 +55,7 @@ def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule) -> ClassifierM
     weights = class_weights_from_counts(dm.class_counts("train")) if m.class_weighted_loss else None
     return ClassifierModule(
         variant=m.name, modality_shapes={k: list(v) for k, v in dm.modality_shapes.items()},
-        encoder=_plain(cfg.encoder), encoder_artifact=m.get("encoder_artifact"),
+        encoder=to_plain(cfg.encoder), encoder_artifact=m.get("encoder_artifact"),
         population_artifact=m.get("population_artifact"), lr=m.lr, encoder_lr_factor=m.encoder_lr_factor,
         weight_decay=m.weight_decay, head_hidden_dim=m.head_hidden_dim, head_dropout=m.head_dropout,
         class_weights=weights,
@@ -105,7 +101,7 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
         raise SystemExit("task=finetune needs client=<subject id> (or a sweep over clients: see experiment=study_mesa)")
     out = Path(cfg.paths.output_dir)
     ensure_cache(cfg)
-    split = _plain(cfg.split.client)
+    split = to_plain(cfg.split.client)
     record: dict[str, Any] = {
         "study": cfg.get("study", {}).get("name") if cfg.get("study") else None, "dataset": cfg.dataset.name,
         "client": str(cfg.client), "model": cfg.model.name, "seed": int(cfg.seed),
@@ -193,7 +189,7 @@ def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
 
     from fm_bio.training.loggers import plain_config
 
-    w = _plain(wcfg)
+    w = to_plain(wcfg)
     Path(w["save_dir"]).mkdir(parents=True, exist_ok=True)
     tags = [f"client:{record['client']}", f"model:{record['model']}", f"seed:{record['seed']}"]
     run = wandb.init(project=w["project"], mode=w["mode"], dir=w["save_dir"], group=w.get("group"),
@@ -209,7 +205,3 @@ def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
         run.log({"confusion_matrix": table, "folds": fold_table})
     finally:
         run.finish()
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

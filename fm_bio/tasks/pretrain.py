@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from fm_bio.data import cache
@@ -24,12 +24,9 @@ from fm_bio.training.loggers import build_loggers, finish_loggers
 from fm_bio.training.pretrain_module import PretrainModule
 from fm_bio.training.probes import EmbeddingProbes
 from fm_bio.training.trainer import build_trainer, quiet_known_warnings
+from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def ensure_cache(cfg: DictConfig) -> None:
@@ -43,14 +40,14 @@ def ensure_cache(cfg: DictConfig) -> None:
 
 def build_pretrain_module(cfg: DictConfig, dm: pl.LightningDataModule) -> PretrainModule:
     """The PretrainModule of a config, sized from the DataModule."""
-    loss = _plain(cfg.loss)
+    loss = to_plain(cfg.loss)
     return PretrainModule(
         modality_shapes={m: list(s) for m, s in dm.modality_shapes.items()},
-        encoder=_plain(cfg.encoder),
+        encoder=to_plain(cfg.encoder),
         objective=loss["objective"],
         adversary=loss.get("adversary"),
         n_subjects=dm.n_subjects,
-        augment=_plain(cfg.augment),
+        augment=to_plain(cfg.augment),
         lr=cfg.model.lr,
         weight_decay=cfg.model.weight_decay,
         warmup_fraction=cfg.model.warmup_fraction,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def path_tag(path: str) -> str:
@@ -24,3 +25,8 @@ def register_resolvers() -> None:
 def conf_dir() -> Path:
     """The folder of the shipped Hydra configs (``fm_bio/conf``)."""
     return Path(__file__).resolve().parents[1] / "conf"
+
+
+def to_plain(node: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (resolved); anything else unchanged."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node

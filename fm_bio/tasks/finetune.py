@@ -49,12 +49,12 @@ def folds_of(split: dict[str, Any]) -> list[int]:
     return list(range(int(split["n_folds"]))) if split["scheme"] == "blocked_kfold" else [0]
 
 
-def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule) -> ClassifierModule:
-    """The classifier of ``cfg.model`` sized from the DataModule."""
+def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule, variant: str | None = None) -> ClassifierModule:
+    """The classifier of ``cfg.model`` (or of ``variant``) sized from the DataModule."""
     m = cfg.model
     weights = class_weights_from_counts(dm.class_counts("train")) if m.class_weighted_loss else None
     return ClassifierModule(
-        variant=m.name, modality_shapes={k: list(v) for k, v in dm.modality_shapes.items()},
+        variant=variant or m.name, modality_shapes={k: list(v) for k, v in dm.modality_shapes.items()},
         encoder=to_plain(cfg.encoder), encoder_artifact=m.get("encoder_artifact"),
         population_artifact=m.get("population_artifact"), lr=m.lr, encoder_lr_factor=m.encoder_lr_factor,
         weight_decay=m.weight_decay, head_hidden_dim=m.head_hidden_dim, head_dropout=m.head_dropout,
@@ -62,9 +62,10 @@ def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule) -> ClassifierM
     )
 
 
-def fit_and_predict(cfg: DictConfig, dm: pl.LightningDataModule, module: ClassifierModule, out: Path,
+def fit_best(cfg: DictConfig, dm: pl.LightningDataModule, module: ClassifierModule, out: Path,
                     name: str) -> tuple[ClassifierModule, str]:
-    """Train with early stopping on validation kappa; reload the best checkpoint (weights only)."""
+    """Train with early stopping on validation kappa; reload the best checkpoint (weights only) and return
+    the module and that checkpoint's path."""
     has_val = bool(dm.dataset("val") is not None and len(dm.dataset("val")))
     monitor = "val/kappa" if has_val else "train/loss"
     mode = "max" if has_val else "min"
@@ -112,6 +113,7 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     preds, folds = [], []
     classic = cfg.model.name == "classic"
+    classic_inputs: dict[str, Any] = {}  # the client's features do not depend on the fold: computed once
     if classic:  # feature windows reach FEATURE_WINDOW_EPOCHS either side: keep them out of the test block
         from fm_bio.models.classic import FEATURE_WINDOW_EPOCHS
 
@@ -127,10 +129,10 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
             dm.setup("fit")
             record["client"] = dm.client_subject
             if classic:
-                fold_preds, best = fit_predict_classic(cfg, dm), None
+                fold_preds, best = fit_predict_classic(cfg, dm, classic_inputs), None
             else:
                 module = build_classifier(cfg, dm)
-                module, best = fit_and_predict(cfg, dm, module, out, f"fold{fold}")
+                module, best = fit_best(cfg, dm, module, out, f"fold{fold}")
                 fold_preds = predict(module, dm.test_dataloader())
             fold_preds["fold"] = fold
             preds.append(fold_preds)
@@ -159,17 +161,20 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule) -> pd.DataFrame:
+def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dict[str, Any]) -> pd.DataFrame:
     """``model=classic``: gradient boosting on hand-crafted features, same split as the deep models
-    (trained on the training + validation blocks: it needs no early stopping)."""
+    (trained on the training + validation blocks: it needs no early stopping). ``inputs`` memoises the
+    client's arrays and features across folds."""
     from fm_bio.data import cache
     from fm_bio.models.classic import epoch_features, make_classifier
 
-    subject = dm.client_subject
-    entry = cache.load_manifest(dm.cache_root)["subjects"][subject]
-    names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
-    arrays = cache.open_subject(dm.cache_root, subject, names, mmap=False)
-    features = epoch_features(arrays, entry["n_night_epochs"])
+    if not inputs:
+        subject = dm.client_subject
+        entry = cache.load_manifest(dm.cache_root)["subjects"][subject]
+        names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
+        inputs["arrays"] = cache.open_subject(dm.cache_root, subject, names, mmap=False)
+        inputs["features"] = epoch_features(inputs["arrays"], entry["n_night_epochs"])
+    arrays, features = inputs["arrays"], inputs["features"]
     fit_rows = np.concatenate([dm.dataset(s).sample_row for s in ("train", "val") if dm.dataset(s) is not None])
     test_rows = dm.dataset("test").sample_row
     clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from fm_bio.evaluation.metrics import compute_metrics
-from fm_bio.tasks.finetune import build_classifier, fit_and_predict, predict
+from fm_bio.tasks.finetune import build_classifier, fit_best, predict
 from fm_bio.tasks.pretrain import ensure_cache
 from fm_bio.training.artifacts import export_encoder
 from fm_bio.training.trainer import quiet_known_warnings
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def population_task(cfg: DictConfig) -> dict[str, Any]:
-    """Entry of ``task=population`` (uses ``model.encoder_artifact``; ``model.name`` is forced to fm_finetune)."""
+    """Entry of ``task=population`` (an ``fm_finetune`` classifier from ``model.encoder_artifact``)."""
     quiet_known_warnings()
     pl.seed_everything(cfg.seed, workers=True)
     ensure_cache(cfg)
@@ -36,9 +36,8 @@ def population_task(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     holdout = set(dm.subject_split.holdout)
     log.info("population classifier on %d public subjects (clients held out: %s)", len(dm.subject_split.train), sorted(holdout))
-    cfg.model.name = "fm_finetune"
-    module = build_classifier(cfg, dm)
-    module, best = fit_and_predict(cfg, dm, module, out, "population")
+    module = build_classifier(cfg, dm, variant="fm_finetune")
+    module, best = fit_best(cfg, dm, module, out, "population")
     val = predict(module, dm.val_dataloader()) if dm.dataset("val") is not None else None
     val_metrics = compute_metrics(val["y_true"].to_numpy(), val["y_pred"].to_numpy()) if val is not None and len(val) else {}
     artifact = export_encoder(module.encoder, out / "population.pt", extra={

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from fm_bio.data.labels import CLASS_NAMES, MASKED
+from fm_bio.evaluation.metrics import SleepStageMetrics
 from fm_bio.models.encoders import build_encoder
 from fm_bio.training.artifacts import load_encoder, read_artifact
 from fm_bio.training.pretrain_module import modality_inputs
@@ -78,9 +79,9 @@ class ClassifierModule(pl.LightningModule):
             if not population_artifact:
                 raise ValueError("model=fm_population needs model.population_artifact=<population run>/population.pt "
                                  "(python -m fm_bio.run task=population ...)")
-            payload = read_artifact(population_artifact)
-            self.encoder = build_encoder(**payload["encoder_config"])
-            self.encoder.load_state_dict(payload["state_dict"])
+            population = read_artifact(population_artifact)
+            self.encoder = build_encoder(**population["encoder_config"])
+            self.encoder.load_state_dict(population["state_dict"])
         self.modalities = tuple(m for m in self.encoder.modalities if m in modality_shapes)
         missing = sorted(set(modality_shapes) - set(self.encoder.modalities))
         if missing:
@@ -88,13 +89,11 @@ class ClassifierModule(pl.LightningModule):
                              f"drop them with dataset.datamodule.modalities")
         self.head = ClassificationHead(self.encoder.embedding_dim, head_hidden_dim, dropout=head_dropout)
         if variant == "fm_population":
-            self.head.load_state_dict(read_artifact(population_artifact)["extra"]["head_state_dict"])
+            self.head.load_state_dict(population["extra"]["head_state_dict"])
         if variant == "fm_probe":
             self.encoder.requires_grad_(False)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        from fm_bio.evaluation.metrics import SleepStageMetrics
-
         self.val_metrics = SleepStageMetrics()
 
     def train(self, mode: bool = True) -> ClassifierModule:

@@ -84,3 +84,14 @@ def test_comparison_detects_a_changed_model(tmp_path):
         module.head.net[-1].bias[0] += 100.0  # everything becomes class 0 in the eager model
     with pytest.raises(AssertionError):
         _assert_same(module, path, MESA)
+
+
+def test_export_does_not_store_the_example_batchs_base_tensor(tmp_path):
+    """A slice of a whole night as the example batch must not put the whole night into the file."""
+    torch.manual_seed(3)
+    module = ClassifierModule("base", MESA, encoder=SMALL)
+    night = _batch(MESA, 500, 0)  # 500 epochs of ECG: ~15 MB
+    path = export_classifier(module, {k: v[:2] for k, v in night.items()}, tmp_path / "classifier.pt2")
+    weights_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    assert path.stat().st_size < weights_bytes + 1_000_000, path.stat().st_size
+    assert not list(tmp_path.glob(".*tmp*")), "temporary export file left behind"

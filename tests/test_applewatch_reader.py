@@ -82,3 +82,47 @@ def test_missing_label_epochs_keep_their_place(tmp_path):
 def test_unknown_subject_lists_available(sleep_accel_tree):
     with pytest.raises(DataError, match="not found.*1000001"):
         AppleWatchSource(sleep_accel_tree).load("999")
+
+
+def _write_walch_features(root, sid, codes, first, counts):
+    """Walch-style feature files for rows ``first .. first + len(counts) - 1`` of the label epochs,
+    unscored (-1) epochs dropped as in their pipeline."""
+    folder = root / "features"
+    folder.mkdir(exist_ok=True)
+    rows = [e for e in range(first, first + len(counts)) if codes[e] != -1]
+    values = {e: c for e, c in zip(range(first, first + len(counts)), counts, strict=True)}
+    (folder / f"{sid}_count_feature.out").write_text("".join(f"{values[e]:.6f}\n" for e in rows))
+    (folder / f"{sid}_time_feature.out").write_text("".join(f"{(e - rows[0]) * 30 / 3600:.6f}\n" for e in rows))
+    (folder / f"{sid}_psg_labels.out").write_text("".join(f"{codes[e]:.6f}\n" for e in rows))
+    return rows
+
+
+def test_activity_from_walch_features_is_placed_by_matching_labels(sleep_accel_tree):
+    sid = "1000003"  # no motion/
+    counts = np.arange(1.0, 16.0)
+    rows = _write_walch_features(sleep_accel_tree, sid, STAGES_AW, 2, counts)
+    record = AppleWatchSource(sleep_accel_tree).load(sid)
+    act = record.activity_counts
+    assert record.source_files["count_feature"].endswith(f"{sid}_count_feature.out")
+    expected = {e: counts[e - 2] for e in rows}
+    assert all(act[e] == expected[e] for e in rows)
+    assert np.isnan(act[[e for e in range(len(STAGES_AW)) if e not in rows]]).all()  # no row: missing
+
+
+def test_walch_features_of_another_night_are_an_error(sleep_accel_tree):
+    sid = "1000003"
+    _write_walch_features(sleep_accel_tree, sid, STAGES_AW[::-1], 0, np.ones(20))  # another subject's labels
+    with pytest.raises(DataError, match="cannot place Walch"):
+        AppleWatchSource(sleep_accel_tree).load(sid)
+
+
+def test_activity_source_none_and_motion_precedence(sleep_accel_tree):
+    _write_walch_features(sleep_accel_tree, "1000003", STAGES_AW, 0, np.ones(20))
+    assert AppleWatchSource(sleep_accel_tree, activity_source="none").load("1000003").activity_counts is None
+    _write_walch_features(sleep_accel_tree, "1000001", STAGES_AW, 0, np.full(20, 7.0))
+    rec = AppleWatchSource(sleep_accel_tree).load("1000001")  # has motion/: motion wins under auto
+    assert "motion" in rec.source_files and "count_feature" not in rec.source_files
+    rec = AppleWatchSource(sleep_accel_tree, activity_source="features").load("1000001")
+    assert np.nanmax(rec.activity_counts) == 7.0
+    assert AppleWatchSource(sleep_accel_tree, activity_source="features").settings() == {"activity_source": "features"}
+    assert AppleWatchSource(sleep_accel_tree).settings() == {}

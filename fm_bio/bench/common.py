@@ -60,3 +60,32 @@ def write_report(name: str, title: str, rows: list[dict[str, Any]], notes: list[
     path = BENCH_DIR / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> float:
+    """Reset this process's peak resident memory (Linux: ``/proc/self/clear_refs``) and return the current
+    resident memory (MB); on other systems nothing is reset and the peak so far is returned."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return peak_rss_mb()
+    return _proc_status_mb("VmRSS") or peak_rss_mb()
+
+
+def process_peak_rss_mb() -> float:
+    """Peak resident memory (MB) of this process since it started or since :func:`reset_peak_rss` (Linux
+    ``VmHWM``). Use it in spawned benchmark processes: there ``ru_maxrss`` also counts the parent's resident
+    memory at the fork. Falls back to :func:`peak_rss_mb` where ``/proc`` is unavailable."""
+    return _proc_status_mb("VmHWM") or peak_rss_mb()

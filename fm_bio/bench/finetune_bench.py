@@ -17,7 +17,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fm_bio.bench.common import time_call, write_report
+from fm_bio.bench.common import process_peak_rss_mb, time_call, write_report
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def _run(dataset: str, context_epochs: int, variant: str, steps: int, threads: i
         shapes = {m: list(s) for m, s in dm.modality_shapes.items()}
         batch = next(iter(dm.train_dataloader()))
         batch_size = int(batch["label"].shape[0])
-        rss_before_model_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        rss_before_model_mb = process_peak_rss_mb()
         if variant == "pretrain":
             module, opt, step_fn = _pretrain_step(shapes, batch)
         else:
@@ -147,7 +146,7 @@ def _run(dataset: str, context_epochs: int, variant: str, steps: int, threads: i
                    "input_shapes": " ".join(f"{m}{shapes[m]}" for m in shapes).replace(" ", ""),
                    "variant": variant, "batch_size": batch_size, "trainable_parameters": int(trainable),
                    "seconds_per_step": round(seconds, 4), "samples_per_s": round(batch_size / seconds, 1),
-                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+                   "peak_rss_mb": round(process_peak_rss_mb()),
                    "peak_rss_before_model_mb": round(rss_before_model_mb)})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -477,7 +477,7 @@ def _draw_figures(jobs: list[Job], models: list[str], clients: list[str], preds:
 
 
 def build_report(sweep_dir: Path, out_dir: Path, study: str | None = None, baseline: str = "base",
-                 make_figures: bool = True) -> dict[str, Any]:
+                 make_figures: bool = True, extra_sections: list[str] | None = None) -> dict[str, Any]:
     """Read every job of a per-client sweep and write ``results.md``, ``results.csv`` and figures.
 
     Parameters
@@ -487,6 +487,7 @@ def build_report(sweep_dir: Path, out_dir: Path, study: str | None = None, basel
     study : keep only jobs of this study (needed when the sweep mixes studies).
     baseline : the model every other model is compared with (paired Wilcoxon tests).
     make_figures : draw the PNG figures (a few per client).
+    extra_sections : markdown lines a study adds (e.g. its design), placed before the failed-jobs section.
 
     Returns
     -------
@@ -550,7 +551,7 @@ def build_report(sweep_dir: Path, out_dir: Path, study: str | None = None, basel
         "study": study_name, "datasets": datasets, "split": _split_text(jobs), "sweep_dir": sweep_dir,
         "clients": clients, "models": models, "seeds": seeds, "jobs": jobs, "failed": failed,
         "missing": missing, "baseline": baseline, "per_client": per_client, "summary": summary_models,
-        "tests": tests, "figures": fig_index,
+        "tests": tests, "figures": fig_index, "extra_sections": list(extra_sections or []),
     }
     md = _markdown(info)
     atomic_write_text(out_dir / "results.md", md)
@@ -687,6 +688,8 @@ def _markdown(info: dict[str, Any]) -> str:
             lines += [f"Underpowered: with fewer than {MIN_CLIENTS_FOR_TEST} paired clients the exact two-sided "
                       "p value can never fall below 2/2^n (0.125 for n = 4), so such a test cannot show a difference; "
                       "the p value is given for completeness only.", ""]
+
+    lines += info.get("extra_sections", [])
 
     # failures and gaps
     lines += ["## Failed and missing jobs", ""]

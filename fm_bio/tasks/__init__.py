@@ -41,6 +41,12 @@ def _population(cfg: DictConfig) -> dict[str, Any]:
     return population_task(cfg)
 
 
+def _loso(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.loso import loso_task
+
+    return loso_task(cfg)
+
+
 def _report(cfg: DictConfig) -> dict[str, Any]:
     from fm_bio.evaluation.report import report_task
 
@@ -48,5 +54,5 @@ def _report(cfg: DictConfig) -> dict[str, Any]:
 
 
 TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo, "pretrain": _pretrain,
-                            "population": _population, "finetune": _finetune, "report": _report}
+                            "population": _population, "finetune": _finetune, "loso": _loso, "report": _report}
 """Registered tasks (imports are lazy so ``--help`` and config tests stay fast)."""

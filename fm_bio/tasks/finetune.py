@@ -58,7 +58,7 @@ def build_classifier(cfg: DictConfig, dm: pl.LightningDataModule, variant: str |
         encoder=to_plain(cfg.encoder), encoder_artifact=m.get("encoder_artifact"),
         population_artifact=m.get("population_artifact"), lr=m.lr, encoder_lr_factor=m.encoder_lr_factor,
         weight_decay=m.weight_decay, head_hidden_dim=m.head_hidden_dim, head_dropout=m.head_dropout,
-        class_weights=weights,
+        class_weights=weights, time_of_night=bool(m.get("time_of_night", False)),
     )
 
 
@@ -112,7 +112,7 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
     }
     metrics_path = out / "metrics.json"
     preds, folds = [], []
-    classic = cfg.model.name == "classic"
+    classic = cfg.model.get("family") == "classic"
     classic_inputs: dict[str, Any] = {}  # the client's features do not depend on the fold: computed once
     if classic:  # feature windows reach FEATURE_WINDOW_EPOCHS either side: keep them out of the test block
         from fm_bio.models.classic import FEATURE_WINDOW_EPOCHS
@@ -162,27 +162,63 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dict[str, Any]) -> pd.DataFrame:
-    """``model=classic``: gradient boosting on hand-crafted features, same split as the deep models
-    (trained on the training + validation blocks: it needs no early stopping). ``inputs`` memoises the
-    client's arrays and features across folds."""
+    """``model=classic`` / ``classic_population``: gradient boosting on hand-crafted features, scored on the
+    client's test block of the same split as the deep models.
+
+    ``model.train_on=client`` trains on the client's training + validation blocks (no early stopping needed);
+    ``population`` trains on every labelled epoch of the non-client subjects (the cache's subjects minus
+    ``split.subjects.holdout``), never on the client. ``inputs`` memoises arrays and features across folds.
+    """
     from fm_bio.data import cache
-    from fm_bio.models.classic import epoch_features, make_classifier
+    from fm_bio.models.classic import make_classifier
 
     if not inputs:
-        subject = dm.client_subject
-        entry = cache.load_manifest(dm.cache_root)["subjects"][subject]
-        names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
-        inputs["arrays"] = cache.open_subject(dm.cache_root, subject, names, mmap=False)
-        inputs["features"] = epoch_features(inputs["arrays"], entry["n_night_epochs"])
-    arrays, features = inputs["arrays"], inputs["features"]
-    fit_rows = np.concatenate([dm.dataset(s).sample_row for s in ("train", "val") if dm.dataset(s) is not None])
+        inputs["client"] = _classic_inputs(dm.cache_root, dm.client_subject)
+    arrays, features = inputs["client"]
     test_rows = dm.dataset("test").sample_row
-    clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
-                          float(cfg.model.learning_rate))
-    clf.fit(features[fit_rows], arrays["label"][fit_rows])
+    train_on = str(cfg.model.get("train_on", "client"))
+    if train_on == "population":
+        if "model" not in inputs:
+            manifest = cache.load_manifest(dm.cache_root)["subjects"]
+            holdout = {str(h) for h in (cfg.split.subjects.get("holdout") or [])} | {dm.client_subject}
+            population = sorted(s for s in manifest if s not in holdout)
+            if not population:
+                raise ValueError(f"model={cfg.model.name}: no population subjects left in {dm.cache_root} after "
+                                 f"holding out {sorted(holdout)}")
+            xs, ys = [], []
+            for subject in population:
+                sub_arrays, sub_features = _classic_inputs(dm.cache_root, subject)
+                labelled = sub_arrays["label"] >= 0
+                xs.append(sub_features[labelled])
+                ys.append(sub_arrays["label"][labelled])
+            clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
+                                  float(cfg.model.learning_rate))
+            inputs["model"] = clf.fit(np.concatenate(xs), np.concatenate(ys))
+            inputs["population"] = population
+            log.info("classic population model trained on %d subjects (%d epochs), clients held out: %s",
+                     len(population), sum(len(y) for y in ys), sorted(holdout))
+        clf = inputs["model"]
+    elif train_on == "client":
+        fit_rows = np.concatenate([dm.dataset(s).sample_row for s in ("train", "val") if dm.dataset(s) is not None])
+        clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
+                              float(cfg.model.learning_rate))
+        clf.fit(features[fit_rows], arrays["label"][fit_rows])
+    else:
+        raise ValueError(f"model.train_on={train_on!r}; options: client, population")
     return pd.DataFrame({"epoch_index": arrays["epoch_index"][test_rows].astype(np.int64),
                          "y_true": arrays["label"][test_rows].astype(np.int64),
                          "y_pred": clf.predict(features[test_rows]).astype(np.int64)})
+
+
+def _classic_inputs(cache_root: Path, subject: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One subject's cached arrays (label, epoch_index, hr_bpm, activity) and its feature matrix."""
+    from fm_bio.data import cache
+    from fm_bio.models.classic import epoch_features
+
+    entry = cache.load_manifest(cache_root)["subjects"][subject]
+    names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
+    arrays = cache.open_subject(cache_root, subject, names, mmap=False)
+    return arrays, epoch_features(arrays, entry["n_night_epochs"])
 
 
 def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:

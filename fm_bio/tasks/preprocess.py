@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import traceback
@@ -46,12 +48,22 @@ class PreprocessReport:
         return dict(self.__dict__)
 
 
+def cache_config_hash(cfg: PreprocessConfig, source: Source) -> str:
+    """The hash a cache entry is valid for: the preprocessing settings plus the reader's non-default ones."""
+    extra = source.settings()
+    if not extra:
+        return cfg.hash()
+    text = json.dumps({"preprocess": cfg.hash(), "reader": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _process_subject(source: Source, subject: str, cfg: PreprocessConfig, cache_root: Path) -> tuple[str, dict | None, str | None, float]:
     """Worker: load, preprocess and atomically write one subject. Never raises (errors are returned)."""
     t0 = time.perf_counter()
     try:
         record = source.load(subject)
         night = preprocess_night(record, cfg)
+        night.entry["config_hash"] = cache_config_hash(cfg, source)
         entry = cache.write_subject(cache_root, subject, night.arrays, night.entry)
         return subject, entry, None, time.perf_counter() - t0
     except (DataError, ValueError) as err:
@@ -83,7 +95,7 @@ def run_preprocess(source: Source, cache_root: str | Path, cfg: PreprocessConfig
     n_tmp = cache.clean_temporaries(cache_root)
     if n_tmp:
         log.info("removed %d leftovers of an interrupted run in %s", n_tmp, cache_root / ".tmp")
-    cfg_hash = cfg.hash()
+    cfg_hash = cache_config_hash(cfg, source)
     wanted = source.subjects() if subjects is None else [source.check_subject(s) for s in subjects]
     report = PreprocessReport(cache_root=str(cache_root), config_hash=cfg_hash)
 

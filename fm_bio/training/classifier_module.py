@@ -6,6 +6,9 @@
 - ``fm_population``: the FM encoder plus a head first trained on the labelled public subjects (never the
   client; ``task=population``), then both fine-tuned on the client's training blocks.
 
+With ``time_of_night`` the head also sees the epoch's time since the recording start (hours, a "clock
+proxy" as in Walch et al. 2019; the classical baseline has it among its features).
+
 Loss: cross-entropy (optionally class-weighted), masked epochs ignored. Validation logs Cohen's kappa
 (``val/kappa``) for early stopping and checkpoint selection.
 """
@@ -21,6 +24,7 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from fm_bio.data.labels import CLASS_NAMES, MASKED
+from fm_bio.data.records import EPOCH_S
 from fm_bio.evaluation.metrics import SleepStageMetrics
 from fm_bio.models.encoders import build_encoder
 from fm_bio.training.artifacts import load_encoder, read_artifact
@@ -55,12 +59,15 @@ class ClassifierModule(pl.LightningModule):
     lr, encoder_lr_factor, weight_decay : AdamW; the encoder's learning rate is ``lr * encoder_lr_factor``
         when fine-tuning a pretrained encoder (1 for ``base``).
     class_weights : per-class loss weights (None: unweighted).
+    time_of_night : append the hours since the recording start (from ``batch["epoch_index"]``) to the
+        embedding the head sees.
     """
 
     def __init__(self, variant: str, modality_shapes: Mapping[str, Sequence[int]], encoder: dict[str, Any] | None = None,
                  encoder_artifact: str | None = None, population_artifact: str | None = None, lr: float = 1e-3,
                  encoder_lr_factor: float = 0.1, weight_decay: float = 1e-4, head_hidden_dim: int = 64,
-                 head_dropout: float = 0.2, class_weights: list[float] | None = None) -> None:
+                 head_dropout: float = 0.2, class_weights: list[float] | None = None,
+                 time_of_night: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown model variant {variant!r}; options: {VARIANTS}")
@@ -87,9 +94,17 @@ class ClassifierModule(pl.LightningModule):
         if missing:
             raise ValueError(f"the encoder was built for {list(self.encoder.modalities)}; the data also has {missing}: "
                              f"drop them with dataset.datamodule.modalities")
-        self.head = ClassificationHead(self.encoder.embedding_dim, head_hidden_dim, dropout=head_dropout)
+        self.time_of_night = bool(time_of_night)
+        head_in = self.encoder.embedding_dim + int(self.time_of_night)
+        self.head = ClassificationHead(head_in, head_hidden_dim, dropout=head_dropout)
         if variant == "fm_population":
-            self.head.load_state_dict(population["extra"]["head_state_dict"])
+            state = population["extra"]["head_state_dict"]
+            trained_in = state["net.0.weight"].shape[0]
+            if trained_in != head_in:
+                raise ValueError(f"{population_artifact}: its head takes {trained_in} inputs, this model {head_in} "
+                                 f"(time_of_night={self.time_of_night}); re-run task=population with the same "
+                                 f"model.time_of_night")
+            self.head.load_state_dict(state)
         if variant == "fm_probe":
             self.encoder.requires_grad_(False)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
@@ -105,7 +120,11 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Class logits [B, 4]."""
         inputs, present = modality_inputs(batch, self.modalities)
-        return self.head(self.encoder(inputs, present).fused)
+        z = self.encoder(inputs, present).fused
+        if self.time_of_night:
+            hours = batch["epoch_index"].to(z.dtype) * (EPOCH_S / 3600.0)
+            z = torch.cat([z, hours[:, None]], dim=1)
+        return self.head(z)
 
     def _loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return nnf.cross_entropy(logits, label, weight=self.class_weights, ignore_index=MASKED)

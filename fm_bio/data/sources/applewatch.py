@@ -6,8 +6,13 @@ Layout::
     labels/<id>_labeled_sleep.txt     "<t_s> <stage>" 30-s epochs from t = 0 (-1 unscored, 0-5)
     motion/<id>_acceleration.txt      "<t_s> <x> <y> <z>" acceleration in g (optional)
     steps/<id>_steps.txt              "<t_s>,<steps>" (optional)
+    features/<id>_count_feature.out   Walch et al.'s per-epoch activity counts (optional; with
+    features/<id>_time_feature.out    the time and label features that place them on the epoch grid)
+    features/<id>_psg_labels.out
 
-Times are seconds relative to the PSG start. Subjects without motion load with heart rate only.
+Times are seconds relative to the PSG start. Activity comes from ``motion/`` when the subject has it,
+else (``activity_source=auto``) from Walch et al.'s precomputed count feature when ``features/`` has it,
+else the subject loads with heart rate only.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 _LABEL_RE = re.compile(r"^(\d+)_labeled_sleep\.txt$")
 MOTION_GRAVITY_WINDOW_S = 5.0
 """Window of the running median that estimates gravity in the acceleration magnitude."""
+ACTIVITY_SOURCES = ("auto", "motion", "features", "none")
+FEATURE_LABEL_MATCH_MIN = 0.99
+"""Fraction of Walch's per-row labels that must equal ours at the chosen offset to accept the alignment."""
 
 
 def _read_table(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
@@ -131,6 +139,44 @@ def steps_per_epoch(path: Path, n_epochs: int) -> np.ndarray:
     return out
 
 
+def walch_count_activity(features_dir: Path, subject: str, stage_codes: np.ndarray) -> np.ndarray:
+    """Activity per epoch from Walch et al.'s precomputed ``count_feature`` (derived from the motion files).
+
+    Their rows are the valid, cropped epochs of the night, unscored ones dropped; ``time_feature`` gives each
+    row's time (hours) since the first row and ``psg_labels`` its raw stage code. The rows are placed on our
+    epoch grid at the offset where their labels equal ``stage_codes`` (at least ``FEATURE_LABEL_MATCH_MIN``
+    of them, and better than any other offset); epochs without a row are NaN (``activity_missing`` in QC).
+    """
+    paths = {k: features_dir / f"{subject}_{k}_feature.out" if k != "psg" else features_dir / f"{subject}_psg_labels.out"
+             for k in ("count", "time", "psg")}
+    cols = {}
+    for key, path in paths.items():
+        try:
+            cols[key] = np.loadtxt(path, dtype=np.float64, ndmin=1)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read Walch feature file ({err}); expected one number per line. "
+                            f"Restore it, or set dataset.reader.activity_source=none") from None
+    lengths = {k: len(v) for k, v in cols.items()}
+    if len(set(lengths.values())) != 1 or not lengths["count"]:
+        raise DataError(f"{features_dir}: subject {subject}'s feature files have different or zero lengths "
+                        f"{lengths}; they must have one line per epoch each")
+    offsets = np.round(cols["time"] * 3600.0 / EPOCH_S).astype(np.int64)
+    if (np.diff(offsets) <= 0).any() or offsets[0] != 0:
+        raise DataError(f"{paths['time']}: times are not increasing from 0 in 30-s steps; not a Walch time feature")
+    their = cols["psg"].astype(np.int64)
+    n = len(stage_codes)
+    scores = np.array([np.mean(stage_codes[e0 + offsets] == their) for e0 in range(max(0, n - int(offsets[-1])))])
+    if not len(scores) or scores.max() < FEATURE_LABEL_MATCH_MIN or (scores >= scores.max()).sum() > 1:
+        best = f"{scores.max():.3f}" if len(scores) else "n/a (more feature rows than label epochs)"
+        raise DataError(f"{paths['psg']}: cannot place Walch's feature rows on subject {subject}'s label epochs "
+                        f"(best label agreement {best}, need {FEATURE_LABEL_MATCH_MIN} at one offset); the "
+                        f"features belong to another night or subject. Remove them or set "
+                        f"dataset.reader.activity_source=motion")
+    out = np.full(n, np.nan, dtype=np.float32)
+    out[int(scores.argmax()) + offsets] = cols["count"].astype(np.float32)
+    return out
+
+
 class AppleWatchSource(Source):
     """Reads subjects of a sleep-accel tree (PhysioNet layout).
 
@@ -140,17 +186,27 @@ class AppleWatchSource(Source):
     modalities : ``hr`` and/or ``activity``; activity comes from ``motion/`` when the subject has it.
     hr_margin_s : heart rate is read from ``-hr_margin_s`` to the end of the night + ``hr_margin_s`` (the
         files start days before the night).
+    activity_source : ``auto`` (motion, else Walch's count feature, else none), ``motion``, ``features`` or
+        ``none`` (heart rate only).
     """
 
     name = "applewatch"
 
-    def __init__(self, root: str | Path, modalities: Sequence[str] = ("hr", "activity"), hr_margin_s: float = 600.0) -> None:
+    def __init__(self, root: str | Path, modalities: Sequence[str] = ("hr", "activity"), hr_margin_s: float = 600.0,
+                 activity_source: str = "auto") -> None:
         super().__init__(root)
+        if activity_source not in ACTIVITY_SOURCES:
+            raise ValueError(f"applewatch: activity_source={activity_source!r}; options: {list(ACTIVITY_SOURCES)}")
+        self.activity_source = activity_source
         unknown = set(modalities) - {"hr", "activity"}
         if unknown:
             raise ValueError(f"applewatch: unknown modalities {sorted(unknown)}; options: hr, activity (no ECG)")
         self.modalities = tuple(modalities)
         self.hr_margin_s = float(hr_margin_s)
+
+    def settings(self) -> dict:
+        changed = {"hr_margin_s": self.hr_margin_s, "activity_source": self.activity_source}
+        return {k: v for k, v in changed.items() if v != {"hr_margin_s": 600.0, "activity_source": "auto"}[k]}
 
     def subjects(self) -> list[str]:
         folder = self.root / "labels"
@@ -166,6 +222,7 @@ class AppleWatchSource(Source):
             "heart_rate": self.root / "heart_rate" / f"{subject}_heartrate.txt",
             "motion": self.root / "motion" / f"{subject}_acceleration.txt",
             "steps": self.root / "steps" / f"{subject}_steps.txt",
+            "count_feature": self.root / "features" / f"{subject}_count_feature.out",
         }
 
     def load(self, subject: str | int) -> NightRecord:
@@ -187,9 +244,15 @@ class AppleWatchSource(Source):
                                                    n_epochs * EPOCH_S + self.hr_margin_s)
             record.issues.update(hr_issues)
             record.source_files["heart_rate"] = str(paths["heart_rate"])
-        if "activity" in self.modalities and paths["motion"].exists():
-            record.activity_counts = motion_activity_per_epoch(paths["motion"], n_epochs)
-            record.source_files["motion"] = str(paths["motion"])
+        if "activity" in self.modalities:
+            use_motion = self.activity_source in ("auto", "motion") and paths["motion"].exists()
+            if use_motion:
+                record.activity_counts = motion_activity_per_epoch(paths["motion"], n_epochs)
+                record.source_files["motion"] = str(paths["motion"])
+            elif self.activity_source in ("auto", "features") and paths["count_feature"].exists():
+                record.activity_counts = walch_count_activity(paths["count_feature"].parent, sid, codes)
+                record.source_files["count_feature"] = str(paths["count_feature"])
+                record.issues["activity_from_walch_features"] = 1
         if paths["steps"].exists():
             record.steps = steps_per_epoch(paths["steps"], n_epochs)
             record.source_files["steps"] = str(paths["steps"])

@@ -29,6 +29,11 @@ class Source(abc.ABC):
     def load(self, subject: str) -> NightRecord:
         """Read one subject's night; raises :class:`DataError` naming the file and the fix."""
 
+    def settings(self) -> dict:
+        """Reader settings, other than their defaults, that change what :meth:`load` returns; they are part
+        of the cache's config hash, so changing one re-preprocesses instead of reusing a stale cache."""
+        return {}
+
     def normalise_subject_id(self, subject: str | int) -> str:
         """The canonical string form of a subject id (e.g. MESA ``1`` -> ``"0001"``)."""
         return str(subject).strip()

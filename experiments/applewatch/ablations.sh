@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Quality work for experiment=applewatch_loso: one-factor-at-a-time runs of the study with the per-client
+# Base model only (no pretraining needed), each reported under experiments/applewatch/ablations/<name>/.
+# The main study's report (experiments/applewatch/results.md) gathers them in its "Quality work" section.
+#   bash experiments/applewatch/ablations.sh [sleep-accel root] [name ...]
+set -euo pipefail
+ROOT="${1:-../shared/data/sleep-accel}"; shift || true
+PY="${PY:-.venv/bin/python}"
+declare -A RUNS=(
+  [context_0]="dataset.datamodule.context_epochs=0"
+  [context_5]=""
+  [context_10]="dataset.datamodule.context_epochs=10"
+  [unweighted_loss]="model.class_weighted_loss=false"
+  [time_of_night]="model.time_of_night=true"
+  [hr_zscore]="dataset.preprocess.hr_normalisation=zscore dataset.cache_root=data/cache/applewatch/ablation-hr-zscore"
+  [encoder_small]="encoder.conv_channels=16 encoder.gru_hidden=32 encoder.embedding_dim=32"
+  [encoder_large]="encoder.conv_channels=64 encoder.gru_hidden=128 encoder.embedding_dim=128"
+  [hr_only]="dataset.datamodule.modalities=[hr]"
+)
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 time_of_night unweighted_loss hr_zscore encoder_small encoder_large hr_only)
+for name in "${NAMES[@]}"; do
+  echo "== ablation $name: ${RUNS[$name]}"
+  # shellcheck disable=SC2086
+  "$PY" -m fm_bio.run experiment=applewatch_loso dataset.root="$ROOT" "loso.models=[base]" ${RUNS[$name]} \
+    report.figures=false report.out_dir=experiments/applewatch/ablations/$name \
+    hydra.run.dir=outputs/loso/applewatch-ablations/$name
+done

@@ -54,6 +54,8 @@ bench: $(STAMP) ## Benchmarks; results go to experiments/bench/
 	$(PY) -m fm_bio.bench.preprocess_bench
 	$(PY) -m fm_bio.bench.loader_bench
 	$(PY) -m fm_bio.bench.pretrain_bench
+	$(PY) -m fm_bio.bench.finetune_bench
+	$(PY) -m fm_bio.bench.inference_bench
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check fm_bio tests

@@ -437,3 +437,17 @@ def test_lightning_fit_smoke(mesa_cache):
     )
     trainer.fit(Tiny(), datamodule=dm)
     assert trainer.global_step == 3
+
+
+def test_lone_last_training_batch_is_dropped(mesa_cache):
+    """A final training batch of one sample would break BatchNorm: it is dropped (never in evaluation)."""
+    dm = MesaDataModule(mesa_cache, modalities=["hr"], labelled_only=False, subjects={"val_fraction": 0.2, "test_fraction": 0.0})
+    dm.setup()
+    n = len(dm.dataset("train"))
+    dm.batch_size = n - 1  # n = (n - 1) + 1
+    sizes = [len(b["label"]) for b in dm.train_dataloader()]
+    assert sizes == [n - 1]
+    dm.batch_size = n - 2
+    assert [len(b["label"]) for b in dm.train_dataloader()] == [n - 2, 2]
+    dm.eval_batch_size = len(dm.dataset("val")) - 1
+    assert [len(b["label"]) for b in dm.val_dataloader()][-1] == 1  # evaluation keeps every sample

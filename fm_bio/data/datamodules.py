@@ -372,11 +372,13 @@ class SleepDataModule(pl.LightningDataModule):
                 drop_last=self.drop_last,
             )
             return DataLoader(ds, batch_sampler=sampler, **kwargs)
+        # A last training batch of one sample breaks BatchNorm (no batch statistics): drop it.
+        lone_last = len(ds) % self.batch_size == 1 and len(ds) > 1
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=train and self.drop_last,
+            drop_last=train and (self.drop_last or lone_last),
             **kwargs,
         )
 

@@ -4,6 +4,7 @@ the report built from its jobs (plus one wandb offline run per job)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,37 @@ REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ["0004", "0005"]
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "fm_bio.run", *args], cwd=REPO, capture_output=True, text=True)
+NETGUARD = REPO / "tests" / "netguard"
+
+
+def _env(netlog: Path | None) -> dict[str, str]:
+    """The environment of a job: with ``netlog``, outbound sockets are blocked (tests/netguard) and every
+    attempt is written to ``netlog``."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    if netlog is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO), env.get("PYTHONPATH", "")])
+        env["FM_BIO_NETGUARD_LOG"] = str(netlog)
+    return env
+
+
+def _run(args: list[str], netlog: Path | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "fm_bio.run", *args], cwd=REPO, capture_output=True, text=True,
+                          env=_env(netlog))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def test_netguard_blocks_and_records_outbound_connections(tmp_path):
+    """The guard the socket-blocked runs rely on: an outbound connect fails and is recorded; loopback works."""
+    log = tmp_path / "net.log"
+    code = ("import socket\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+            "socket.create_connection(s.getsockname(), timeout=2).close()\n"
+            "try:\n    socket.create_connection(('192.0.2.1', 443), timeout=2)\n"
+            "except OSError as e:\n    print('blocked' if 'netguard' in str(e) else 'other', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(log))
+    assert "blocked" in proc.stdout, proc.stdout + proc.stderr
+    assert "192.0.2.1" in log.read_text()
 
 
 @pytest.mark.slow
@@ -29,17 +57,18 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
         write_mesa_subject(raw, k + 1, STAGES_A * 6, hr_bpm=52 + 6 * k, seed=k)  # 1-h nights
     common = [f"dataset.root={raw}", f"dataset.cache_root={tmp_path / 'cache'}", "progress=false", "n_jobs=1",
               f"study.clients=[{','.join(CLIENTS)}]", "study.name=tiny"]
+    netlog = tmp_path / "network_attempts.log"  # every job below runs with outbound sockets blocked
     pre = tmp_path / "pretrain"
     _run(["experiment=pretrain_mesa", *common, f"hydra.run.dir={pre}", "trainer.max_epochs=1",
           "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "dataset.datamodule.batch_size=16",
-          "dataset.datamodule.seq_len=4", "model.probe_max_per_subject=20", "split.subjects.val_fraction=0.34"])
+          "dataset.datamodule.seq_len=4", "model.probe_max_per_subject=20", "split.subjects.val_fraction=0.34"], netlog=netlog)
     manifest_split = json.loads((pre / "pretrain_summary.json").read_text())["subjects"]
     assert manifest_split["train"]["n_subjects"] + manifest_split["val"]["n_subjects"] == 3  # clients held out
 
     sweep = tmp_path / "sweep"
     _run(["-m", "experiment=study_mesa", *common, f"study.encoder_artifact={pre / 'encoder.pt'}",
           f"client={','.join(CLIENTS)}", "model=base,fm_finetune,classic", f"hydra.sweep.dir={sweep}",
-          "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"])
+          "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"], netlog=netlog)
     jobs = sorted(sweep.rglob("metrics.json"))
     assert len(jobs) == 6
     for path in jobs:
@@ -54,13 +83,14 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
 
     out = tmp_path / "report"
     _run(["task=report", f"report.sweep_dir={sweep}", f"report.out_dir={out}", "study=none", "study.name=tiny",
-          f"hydra.run.dir={tmp_path / 'report_run'}"])
+          f"hydra.run.dir={tmp_path / 'report_run'}"], netlog=netlog)
     text = (out / "results.md").read_text()
     for client in CLIENTS:
         for model in ("base", "fm_finetune", "classic"):
             assert f"| {client} | {model} |" in text
     assert "Kappa" in text and "Wilcoxon" in text
     assert list((out / "figures").glob("hypnogram_*.png"))
+    assert not netlog.exists(), f"the jobs tried to reach the network: {netlog.read_text()}"
     # Cross-dataset transfer: the MESA-format FM (ecg, hr, activity) serving an Apple Watch client (hr, activity)
     from tests.factories import make_sleep_accel_tree
 

@@ -228,14 +228,15 @@ def log_job_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
         return
     import wandb
 
-    from fm_bio.training.loggers import plain_config
+    from fm_bio.training.loggers import plain_config, subject_label
 
     w = to_plain(wcfg)
     Path(w["save_dir"]).mkdir(parents=True, exist_ok=True)
-    tags = [f"client:{record['client']}", f"model:{record['model']}", f"seed:{record['seed']}"]
+    client = subject_label(record["client"], cfg)
+    tags = [f"client:{client}", f"model:{record['model']}", f"seed:{record['seed']}"]
     run = wandb.init(project=w["project"], mode=w["mode"], dir=w["save_dir"], group=w.get("group"),
                      job_type="finetune", tags=[*(w.get("tags") or []), *tags], config=plain_config(cfg),
-                     name=f"{record['client']}-{record['model']}-s{record['seed']}", reinit="finish_previous")
+                     name=f"{client}-{record['model']}-s{record['seed']}", reinit="finish_previous")
     try:
         m = record["metrics"]
         run.summary.update({k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")})

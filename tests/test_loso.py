@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fm_bio.tasks.loso import quality_section, subject_folds
+from fm_bio.tasks.loso import quality_section, settings_hash, subject_folds
 from tests.factories import STAGES_AW, write_sleep_accel_subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +83,27 @@ def test_loso_runs_every_subject_as_a_client_once_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for p in first} == first
     assert "already finished: skipped" in proc.stderr + proc.stdout
+
+
+def test_resuming_into_a_folder_of_another_study_is_refused(tmp_path):
+    from fm_bio.tasks.loso import check_resumable
+
+    plan = {"dataset_root": "/a", "subject_folds": [["1"], ["2"]], "settings_hash": "abc", "seed": 1}
+    path = tmp_path / "loso_plan.json"
+    check_resumable(path, plan)  # a new folder
+    path.write_text(json.dumps(plan))
+    check_resumable(path, dict(plan))  # the same study: resumes
+    with pytest.raises(SystemExit, match="settings_hash"):
+        check_resumable(path, {**plan, "settings_hash": "def"})
+    with pytest.raises(SystemExit, match="subject_folds"):
+        check_resumable(path, {**plan, "subject_folds": [["2"], ["1"]]})
+
+
+def test_settings_hash_ignores_where_and_how_a_study_runs():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"seed": 1, "trainer": {"max_epochs": 5}, "loso": {"models": ["base"], "n_folds": 4},
+                            "paths": {"log_dir": "/x"}, "progress": True, "report": {"out_dir": "/y"}})
+    same = OmegaConf.merge(cfg, {"paths": {"log_dir": "/z"}, "progress": False, "loso": {"models": ["base", "classic"]}})
+    assert settings_hash(cfg) == settings_hash(same)
+    assert settings_hash(cfg) != settings_hash(OmegaConf.merge(cfg, {"trainer": {"max_epochs": 6}}))

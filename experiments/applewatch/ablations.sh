@@ -12,12 +12,12 @@ declare -A RUNS=(
   [context_10]="dataset.datamodule.context_epochs=10"
   [unweighted_loss]="model.class_weighted_loss=false"
   [time_of_night]="model.time_of_night=true"
-  [hr_zscore]="dataset.preprocess.hr_normalisation=zscore dataset.cache_root=data/cache/applewatch/ablation-hr-zscore"
+  [hr_walch_dog]="dataset.preprocess.hr_normalisation=walch_dog dataset.cache_root=data/cache/applewatch/ablation-hr-walch-dog"
   [encoder_small]="encoder.conv_channels=16 encoder.gru_hidden=32 encoder.embedding_dim=32"
   [encoder_large]="encoder.conv_channels=64 encoder.gru_hidden=128 encoder.embedding_dim=128"
   [hr_only]="dataset.datamodule.modalities=[hr]"
 )
-NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 time_of_night unweighted_loss hr_zscore encoder_small encoder_large hr_only)
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 time_of_night unweighted_loss hr_walch_dog encoder_small encoder_large hr_only)
 for name in "${NAMES[@]}"; do
   echo "== ablation $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086

@@ -90,6 +90,36 @@ def _job_done(folder: Path) -> bool:
         return False
 
 
+RESUME_IGNORED_KEYS = ("report", "progress", "n_jobs", "print_config", "strict", "paths", "hydra", "logger")
+"""Top-level keys that may change between an interrupted study and its resumption."""
+
+
+def settings_hash(cfg: DictConfig) -> str:
+    """Hash of the settings that decide the study's results (not where or how verbosely it runs)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    kept = {k: v for k, v in plain.items() if k not in RESUME_IGNORED_KEYS}
+    kept.get("loso", {}).pop("models", None)  # adding a model to a finished study is a resumption
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_resumable(plan_path: Path, plan: dict[str, Any]) -> None:
+    """A re-run into a folder is a resumption only with the same data, folds and settings."""
+    if not plan_path.exists():
+        return
+    old = json.loads(plan_path.read_text())
+    differs = [k for k in ("dataset_root", "subject_folds", "settings_hash", "seed") if old.get(k) != plan.get(k)]
+    if differs:
+        raise SystemExit(f"{plan_path.parent} holds a study with other {differs} (its finished jobs would be mixed "
+                         f"with new ones); run into a new folder (leave hydra.run.dir at its default) or restore "
+                         f"the settings of that run")
+    log.info("resuming the study in %s: finished stages and jobs are skipped", plan_path.parent)
+
+
 def loso_task(cfg: DictConfig) -> dict[str, Any]:
     """Entry of ``task=loso``."""
     from fm_bio.evaluation.report import build_report
@@ -106,7 +136,8 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
     folds = subject_folds(labelled, int(lcfg["n_folds"]), int(cfg.seed))
     models = list(lcfg["models"])
     plan = {"dataset": cfg.dataset.name, "dataset_root": str(cfg.dataset.root), "cache_root": str(cfg.dataset.cache_root),
-            "seed": int(cfg.seed), "subject_folds": folds, "models": models}
+            "seed": int(cfg.seed), "subject_folds": folds, "models": models, "settings_hash": settings_hash(cfg)}
+    check_resumable(out / "loso_plan.json", plan)
     atomic_write_json(out / "loso_plan.json", plan)
     log.info("leave-subjects-out study of %d subjects in %d folds %s; models %s", len(labelled), len(folds), folds, models)
 

@@ -13,7 +13,7 @@ STAMP := $(VENV)/.fm-bio-installed
 RUN := $(PY) -m fm_bio.run
 N_JOBS ?= 2
 
-.PHONY: help env test test-fast reproduce data preprocess bench lint clean clean-data wandb-sync
+.PHONY: help env test test-fast reproduce applewatch applewatch-ablations data preprocess bench lint clean clean-data wandb-sync
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
@@ -49,6 +49,16 @@ reproduce: $(STAMP) ## The main job on the embedded demo data: preprocess -> pre
 	$(RUN) -m experiment=study_mesa hydra.sweep.dir=$(REPRO_DIR)/study
 	$(RUN) task=report study=mesa_demo report.sweep_dir=$(REPRO_DIR)/study
 	@echo "results: experiments/mesa_demo/results.md"
+
+AW_ROOT ?= ../shared/data/sleep-accel
+AW_RUN_DIR ?= outputs/loso/applewatch/main
+
+applewatch: $(STAMP) ## Leave-subjects-out Apple Watch study on AW_ROOT (a sleep-accel tree) -> experiments/applewatch/ (resumes)
+	$(RUN) experiment=applewatch_loso dataset.root=$(AW_ROOT) hydra.run.dir=$(AW_RUN_DIR)
+	@echo "results: experiments/applewatch/results.md"
+
+applewatch-ablations: $(STAMP) ## The quality-work runs of the Apple Watch study (Base only, one setting changed each)
+	PY=$(PY) bash experiments/applewatch/ablations.sh $(AW_ROOT)
 
 bench: $(STAMP) ## Benchmarks; results go to experiments/bench/
 	$(PY) -m fm_bio.bench.preprocess_bench

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quality work for experiment=applewatch_loso: one-factor-at-a-time runs of the study with the per-client
 # Base model only (no pretraining needed), each reported under experiments/applewatch/ablations/<name>/.
+# Reference (run context_5): context_epochs=5, no clock proxy (model.time_of_night=false), class-weighted
+# loss, night_scale heart rate, the default deepsense encoder; every other run changes one of these.
 # The main study's report (experiments/applewatch/results.md) gathers them in its "Quality work" section.
 #   bash experiments/applewatch/ablations.sh [sleep-accel root] [name ...]
 set -euo pipefail
@@ -21,7 +23,8 @@ NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 ti
 for name in "${NAMES[@]}"; do
   echo "== ablation $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086
-  "$PY" -m fm_bio.run experiment=applewatch_loso dataset.root="$ROOT" "loso.models=[base]" ${RUNS[$name]} \
+  REF="model.time_of_night=false"; [ "$name" = time_of_night ] && REF=""
+  "$PY" -m fm_bio.run experiment=applewatch_loso dataset.root="$ROOT" "loso.models=[base]" $REF ${RUNS[$name]} \
     report.figures=false report.out_dir=experiments/applewatch/ablations/$name \
     hydra.run.dir=outputs/loso/applewatch-ablations/$name
 done

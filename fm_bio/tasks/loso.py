@@ -236,8 +236,9 @@ def quality_section(ablations_dir: Path) -> list[str]:
     lines = ["## Quality work", ""]
     if not runs:
         return lines + [f"No ablation runs under `{ablations_dir}` (see experiments/applewatch/README.md).", ""]
-    lines += ["Other runs of this study, each changing one setting from the defaults of `experiment=applewatch_loso` "
-              "(same subjects, folds and seed); mean ± sd over clients.", "",
+    lines += ["Other runs of this study (same subjects, folds and seed), each changing one setting from a reference "
+              "run; `Changed` lists the overrides each passed on top of `experiment=applewatch_loso`, whose defaults "
+              "were chosen from these runs. Mean ± sd over clients.", "",
               "| Run | Changed | Model | Clients | Kappa | Macro-F1 | Accuracy |", "|---|---|---|---|---|---|---|"]
     for path in runs:
         data = json.loads(path.read_text())

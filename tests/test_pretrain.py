@@ -100,3 +100,34 @@ def test_adversary_lowers_subject_probe_on_the_embedded_data(tmp_path):
     assert off["subject_acc"] > 2 * off["subject_chance"], "subject identity should be decodable without the adversary"
     assert on["subject_acc"] < off["subject_acc"] - 0.05, results
     assert on["stage_acc"] > on["stage_majority"], "the encoder must still carry sleep-stage information"
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_from_last_ckpt_to_the_same_end(tmp_path):
+    """A run killed mid-epoch (os._exit, like SIGKILL) and re-run with ckpt_path=last ends with exactly the
+    weights of an uninterrupted run (same seed, deterministic CPU settings)."""
+    import os
+
+    raw = make_mesa_tree(tmp_path / "raw", n_subjects=4)
+    extra = ("trainer.max_epochs=3", "logger=csv")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = subprocess.run(_pretrain_cmd(raw, tmp_path / "cache", whole, *extra), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "killer"), str(REPO)]),
+           "FM_BIO_KILL_AT_STEP": "5"}  # 3 steps per epoch: killed in the middle of the second epoch
+    proc = subprocess.run(_pretrain_cmd(raw, tmp_path / "cache", killed, *extra, "ckpt_path=last"), cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 137, proc.stderr[-3000:]
+    assert not (killed / "encoder.pt").exists()
+    first = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert first["epoch"] == 0 and first["global_step"] == 3  # the end of the first epoch
+    proc = subprocess.run(_pretrain_cmd(raw, tmp_path / "cache", killed, *extra, "ckpt_path=last"), cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 9
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after the resumption"
+    wa, wb = read_artifact(whole / "encoder.pt"), read_artifact(killed / "encoder.pt")
+    assert all(torch.equal(v, wb["state_dict"][k]) for k, v in wa["state_dict"].items())

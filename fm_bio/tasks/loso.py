@@ -156,7 +156,7 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
         if needs_fm and not (pre_dir / STAGE_DONE_FILES["pretrain"]).exists():
             log.info("fold %d/%d: pretraining on the %d subjects outside %s", f + 1, len(folds),
                      len(labelled) - len(clients), clients)
-            pretrain_task(compose_stage(base, [*common, *held, "task=pretrain", f"paths.output_dir={pre_dir}",
+            pretrain_task(compose_stage(base, [*common, *held, "task=pretrain", "ckpt_path=last", f"paths.output_dir={pre_dir}",
                                                *lcfg["pretrain_overrides"]]))
         encoder = pre_dir / "encoder.pt"
         pop_dir = fold_dir / "population"

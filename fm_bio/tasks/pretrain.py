@@ -23,7 +23,7 @@ from fm_bio.training.artifacts import export_encoder
 from fm_bio.training.loggers import build_loggers, finish_loggers
 from fm_bio.training.pretrain_module import PretrainModule
 from fm_bio.training.probes import EmbeddingProbes
-from fm_bio.training.trainer import build_trainer, quiet_known_warnings
+from fm_bio.training.trainer import RngStateCheckpoint, build_trainer, quiet_known_warnings
 from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,24 @@ def pretrain_task(cfg: DictConfig) -> dict[str, Any]:
              cfg.loss.objective.name, "on" if module.adversary is not None else "off")
 
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:03d}", monitor="val/ssl_loss", mode="min",
-                           save_last=True, auto_insert_metric_name=False)
+                           auto_insert_metric_name=False)
+    # The state after every epoch, for resumption. Not ``save_last=True`` on the monitored checkpoint: in this
+    # Lightning version that rewrites last.ckpt only in epochs where the best one improved.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
     probes = EmbeddingProbes(every_n_epochs=cfg.model.probe_every_n_epochs,
                              max_per_subject=cfg.model.probe_max_per_subject, seed=cfg.seed)
-    callbacks = [ckpt, probes, LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [ckpt, last, probes, LearningRateMonitor(logging_interval="epoch"), RngStateCheckpoint()]
     tags = [f"encoder:{cfg.encoder.name}", f"objective:{cfg.loss.objective.name}",
             f"adversary:{'on' if module.adversary is not None else 'off'}", f"seed:{cfg.seed}"]
     loggers = build_loggers(cfg, run_name=f"pretrain-{cfg.dataset.name}-{out.name}", tags=tags)
     try:
         trainer = build_trainer(cfg, out, loggers, callbacks)
-        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path == "last":  # this run folder's last.ckpt (resolved here, not by Lightning's own search)
+            ckpt_path = str(out / "checkpoints" / "last.ckpt") if (out / "checkpoints" / "last.ckpt").exists() else None
+            log.info("ckpt_path=last: %s", f"resuming from {ckpt_path}" if ckpt_path else "no last.ckpt yet, starting afresh")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         best = ckpt.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

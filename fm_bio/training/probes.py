@@ -105,6 +105,12 @@ class EmbeddingProbes(pl.Callback):
         self.seed = seed
         self.history: list[dict[str, Any]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def run(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
         """Compute the probes now (also used at the end of fitting)."""
         dm = trainer.datamodule

@@ -15,6 +15,7 @@ from tests.factories import STAGES_A, write_mesa_subject
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ["0004", "0005"]
+BAD_CLIENT = "0099"  # not in the data: its jobs fail
 
 
 NETGUARD = REPO / "tests" / "netguard"
@@ -66,11 +67,18 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
     assert manifest_split["train"]["n_subjects"] + manifest_split["val"]["n_subjects"] == 3  # clients held out
 
     sweep = tmp_path / "sweep"
-    _run(["-m", "experiment=study_mesa", *common, f"study.encoder_artifact={pre / 'encoder.pt'}",
-          f"client={','.join(CLIENTS)}", "model=base,fm_finetune,classic", f"hydra.sweep.dir={sweep}",
-          "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"], netlog=netlog)
-    jobs = sorted(sweep.rglob("metrics.json"))
+    sweep_args = ["-m", "experiment=study_mesa", *common, f"study.encoder_artifact={pre / 'encoder.pt'}",
+                  f"client={','.join([*CLIENTS, BAD_CLIENT])}", "model=base,fm_finetune,classic", f"hydra.sweep.dir={sweep}",
+                  "trainer.max_epochs=2", "split.client.n_folds=2", "dataset.datamodule.batch_size=16"]
+    _run(sweep_args, netlog=netlog)  # the unknown client's jobs fail; the sweep goes on
+    failed = [p for p in sweep.rglob("metrics.json") if json.loads(p.read_text())["status"] == "failed"]
+    assert len(failed) == 3 and all(BAD_CLIENT in json.loads(p.read_text())["error"] for p in failed)
+    jobs = sorted(p for p in sweep.rglob("metrics.json") if p not in failed)
     assert len(jobs) == 6
+    finished = {p: p.stat().st_mtime_ns for p in jobs}
+    proc = _run(sweep_args, netlog=netlog)  # re-running the sweep skips the finished jobs
+    assert {p: p.stat().st_mtime_ns for p in jobs} == finished
+    assert (proc.stdout + proc.stderr).count("already finished: skipped") == 6
     for path in jobs:
         record = json.loads(path.read_text())
         assert record["status"] == "ok", record
@@ -88,6 +96,8 @@ def test_sweep_two_clients_two_models_yields_a_report(tmp_path):
     for client in CLIENTS:
         for model in ("base", "fm_finetune", "classic"):
             assert f"| {client} | {model} |" in text
+    assert f"| {BAD_CLIENT} | base | failed | failed | failed |" in text  # the failure is named in the report
+    assert "not in the mesa cache" in text.split("## Failed and missing jobs")[1]
     assert "Kappa" in text and "Wilcoxon" in text
     assert list((out / "figures").glob("hypnogram_*.png"))
     assert not netlog.exists(), f"the jobs tried to reach the network: {netlog.read_text()}"

@@ -30,7 +30,7 @@ from fm_bio.evaluation.metrics import compute_metrics
 from fm_bio.tasks.pretrain import ensure_cache
 from fm_bio.training.classifier_module import ClassifierModule
 from fm_bio.training.trainer import build_trainer, quiet_known_warnings
-from fm_bio.utils.config import to_plain
+from fm_bio.utils.config import settings_hash, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,14 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("client") is None:
         raise SystemExit("task=finetune needs client=<subject id> (or a sweep over clients: see experiment=study_mesa)")
     out = Path(cfg.paths.output_dir)
+    metrics_path = out / "metrics.json"
+    job_hash = settings_hash(cfg, files=(cfg.model.get("encoder_artifact"), cfg.model.get("population_artifact")))
+    if cfg.get("skip_finished", True):
+        done = finished_record(metrics_path, job_hash)
+        if done is not None:
+            log.info("client %s %s seed %s already finished: skipped (%s; skip_finished=false reruns it)",
+                     cfg.client, cfg.model.name, cfg.seed, metrics_path)
+            return done
     ensure_cache(cfg)
     split = to_plain(cfg.split.client)
     record: dict[str, Any] = {
@@ -109,8 +117,8 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
         "split": {"scheme": split["scheme"], "n_folds": len(folds_of(split))},
         "context_epochs": int(cfg.dataset.datamodule.context_epochs),
         "encoder_artifact": cfg.model.get("encoder_artifact"), "status": "ok", "error": None,
+        "settings_hash": job_hash,
     }
-    metrics_path = out / "metrics.json"
     preds, folds = [], []
     classic = cfg.model.get("family") == "classic"
     classic_inputs: dict[str, Any] = {}  # the client's features do not depend on the fold: computed once
@@ -159,6 +167,18 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
              record["client"], cfg.model.name, cfg.seed, len(folds), m["n_epochs"], m["accuracy"], m["macro_f1"],
              m["kappa"], metrics_path)
     return record
+
+
+def finished_record(metrics_path: Path, job_hash: str) -> dict[str, Any] | None:
+    """The record of a job that already finished successfully with the same settings, else None."""
+    import json
+
+    try:
+        record = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = record.get("status") == "ok" and record.get("settings_hash") == job_hash
+    return record if ok and (metrics_path.parent / "predictions.csv").exists() else None
 
 
 def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dict[str, Any]) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from fm_bio.data import cache
 from fm_bio.data.cache import atomic_write_json
 from fm_bio.tasks.pretrain import ensure_cache
+from fm_bio.utils.config import settings_hash as config_settings_hash
 from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -80,31 +81,14 @@ def _list(values: list[str]) -> str:
     return "[" + ",".join(f"'{v}'" for v in values) + "]"
 
 
-def _job_done(folder: Path) -> bool:
-    path = folder / "metrics.json"
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text()).get("status") == "ok"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-RESUME_IGNORED_KEYS = ("report", "progress", "n_jobs", "print_config", "strict", "paths", "hydra", "logger")
-"""Top-level keys that may change between an interrupted study and its resumption."""
-
-
 def settings_hash(cfg: DictConfig) -> str:
-    """Hash of the settings that decide the study's results (not where or how verbosely it runs)."""
-    import hashlib
-
+    """Hash of the settings that decide the study's results; adding a model to ``loso.models`` keeps it."""
     from omegaconf import OmegaConf
 
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(plain, dict)
-    kept = {k: v for k, v in plain.items() if k not in RESUME_IGNORED_KEYS}
-    kept.get("loso", {}).pop("models", None)  # adding a model to a finished study is a resumption
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    trimmed = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    if "loso" in trimmed and "models" in trimmed.loso:
+        trimmed.loso.models = []
+    return config_settings_hash(trimmed)
 
 
 def check_resumable(plan_path: Path, plan: dict[str, Any]) -> None:
@@ -137,6 +121,8 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
     models = list(lcfg["models"])
     plan = {"dataset": cfg.dataset.name, "dataset_root": str(cfg.dataset.root), "cache_root": str(cfg.dataset.cache_root),
             "seed": int(cfg.seed), "subject_folds": folds, "models": models, "settings_hash": settings_hash(cfg)}
+    if lcfg.get("report_only"):
+        return rebuild_report(cfg, out)
     check_resumable(out / "loso_plan.json", plan)
     atomic_write_json(out / "loso_plan.json", plan)
     log.info("leave-subjects-out study of %d subjects in %d folds %s; models %s", len(labelled), len(folds), folds, models)
@@ -172,9 +158,6 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
         for client in clients:
             for model in models:
                 job_dir = jobs_dir / f"{client}-{model}-s{int(cfg.seed)}"
-                if _job_done(job_dir):
-                    log.info("fold %d: client %s %s already finished: skipped", f, client, model)
-                    continue
                 finetune_task(compose_stage(base, [
                     *common, *held, "task=finetune", f"model={model}", f"client='{client}'",
                     f"paths.output_dir={job_dir}", f"study.encoder_artifact={encoder}",
@@ -192,6 +175,34 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(out / "loso_summary.json", result)
     atomic_write_json(report_dir / "loso_summary.json", result)
     log.info("leave-subjects-out study done in %.1f min: %s", timings["total_s"] / 60, summary.get("results_md"))
+    return result
+
+
+def rebuild_report(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``loso.report_only=true``: rebuild the report of the study in ``out`` (e.g. after more quality runs)
+    from what it holds, running nothing."""
+    from fm_bio.evaluation.report import build_report
+
+    plan_path = out / "loso_plan.json"
+    if not plan_path.exists():
+        raise SystemExit(f"loso.report_only=true: {out} holds no study (no loso_plan.json); pass the study's folder "
+                         f"as hydra.run.dir=<it>")
+    plan = json.loads(plan_path.read_text())
+    fold_info = []
+    for f, clients in enumerate(plan["subject_folds"]):
+        path = out / f"fold{f}" / "pretrain" / STAGE_DONE_FILES["pretrain"]
+        pre = json.loads(path.read_text()) if path.exists() else {}
+        fold_info.append({"fold": f, "clients": clients, "pretrain_subjects": pre.get("subjects", {}),
+                          "final_probes": pre.get("final_probes_best_checkpoint", {})})
+    report_dir = Path(cfg.report.out_dir)
+    extra = loso_sections(plan, fold_info, out / "jobs", report_dir / "ablations")
+    summary = build_report(out / "jobs", report_dir, study=str(cfg.study.name), baseline=str(cfg.report.baseline),
+                           make_figures=bool(cfg.report.figures), extra_sections=extra)
+    old = json.loads((out / "loso_summary.json").read_text()) if (out / "loso_summary.json").exists() else {}
+    result = {**old, "plan": plan, "report": summary.get("results_md"), "models_summary": summary.get("models_summary"),
+              "n_failed": summary.get("n_failed")}
+    atomic_write_json(report_dir / "loso_summary.json", result)
+    log.info("report of the study in %s rebuilt: %s", out, summary.get("results_md"))
     return result
 
 

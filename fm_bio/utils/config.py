@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,24 @@ def conf_dir() -> Path:
 def to_plain(node: Any) -> Any:
     """OmegaConf containers -> plain dicts/lists (resolved); anything else unchanged."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+RUN_ONLY_KEYS = ("report", "progress", "n_jobs", "print_config", "strict", "paths", "hydra", "logger", "ckpt_path",
+                 "skip_finished")
+"""Top-level config keys that say where or how verbosely a job runs, not what it computes."""
+
+
+def settings_hash(cfg: DictConfig, ignore: tuple[str, ...] = RUN_ONLY_KEYS, files: tuple[str | None, ...] = ()) -> str:
+    """A short hash of the settings that decide a job's results: the config before interpolation, without
+    the ``ignore`` keys, plus the size and modification time of each existing file in ``files`` (artifacts
+    the job reads, so a retrained FM at the same path is not mistaken for the old one)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    kept = {k: v for k, v in plain.items() if k not in ignore}
+    stamps = {}
+    for name in files:
+        if name and Path(name).is_file():
+            st = Path(name).stat()
+            stamps[str(name)] = [st.st_size, st.st_mtime_ns]
+    text = json.dumps({"config": kept, "files": stamps}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -34,7 +34,10 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log.info("task=%s  output folder: %s", cfg.task, out)
     summary = TASKS[cfg.task](cfg)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    from fm_bio.training.trainer import process_rank
+
+    if process_rank() == 0:  # DDP: one summary, by rank 0
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from fm_bio.data import cache
 from fm_bio.data.datasets import ConsecutiveEpochSampler, EpochDataset, ModalityError, collate_prebatched
@@ -374,6 +374,13 @@ class SleepDataModule(pl.LightningDataModule):
             return DataLoader(ds, batch_sampler=sampler, **kwargs)
         # A last training batch of one sample breaks BatchNorm (no batch statistics): drop it.
         lone_last = len(ds) % self.batch_size == 1 and len(ds) > 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # DDP: each rank a disjoint shard (the trainer configs set use_distributed_sampler=false, since
+            # Lightning cannot inject its sampler into the consecutive-epoch batch sampler above)
+            sampler = DistributedSampler(ds, shuffle=train, seed=self.seed, drop_last=train)
+            del kwargs["generator"]
+            return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                              drop_last=train and (self.drop_last or lone_last), **kwargs)
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,

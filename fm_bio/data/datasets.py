@@ -406,6 +406,13 @@ class EpochDataset(Dataset):
         return {k: v[0] for k, v in batch.items()}
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class ConsecutiveEpochSampler(Sampler[list[int]]):
     """Batch sampler yielding runs of ``seq_len`` consecutive epochs (by ``epoch_index``) of one night.
 
@@ -424,6 +431,10 @@ class ConsecutiveEpochSampler(Sampler[list[int]]):
         :meth:`set_epoch`, so the order is repeatable).
     stride : start-to-start distance of windows within a run.
     drop_last : drop a final batch with fewer than ``runs_per_batch`` windows.
+
+    Under DDP (an initialised ``torch.distributed`` process group) each rank takes every ``world_size``-th
+    window of the shuffled order, all ranks the same number (the remainder is left out that epoch), so
+    ranks see disjoint data and take the same number of steps.
     """
 
     def __init__(
@@ -469,7 +480,7 @@ class ConsecutiveEpochSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        n = len(self.windows)
+        n = len(self.windows) // _world()[1]
         return n // self.runs_per_batch if self.drop_last else -(-n // self.runs_per_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -477,6 +488,9 @@ class ConsecutiveEpochSampler(Sampler[list[int]]):
         order = (
             np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
         )
+        rank, world = _world()
+        if world > 1:
+            order = order[rank : (n // world) * world : world]
         for k in range(len(self)):
             sel = order[k * self.runs_per_batch : (k + 1) * self.runs_per_batch]
             yield self.windows[sel].reshape(-1).tolist()

@@ -23,15 +23,28 @@ from fm_bio.training.artifacts import export_encoder
 from fm_bio.training.loggers import build_loggers, finish_loggers
 from fm_bio.training.pretrain_module import PretrainModule
 from fm_bio.training.probes import EmbeddingProbes
-from fm_bio.training.trainer import RngStateCheckpoint, build_trainer, quiet_known_warnings
+from fm_bio.training.trainer import RngStateCheckpoint, build_trainer, process_rank, quiet_known_warnings
 from fm_bio.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
 
-def ensure_cache(cfg: DictConfig) -> None:
-    """Preprocess the dataset first when its cache has no manifest yet."""
-    if not (Path(cfg.dataset.cache_root) / cache.MANIFEST_NAME).exists():
+def ensure_cache(cfg: DictConfig, wait_s: float = 3600.0) -> None:
+    """Preprocess the dataset first when its cache has no manifest yet. A DDP rank other than 0 (started
+    by a launcher such as SLURM beside rank 0) waits up to ``wait_s`` for rank 0's manifest instead."""
+    manifest = Path(cfg.dataset.cache_root) / cache.MANIFEST_NAME
+    if not manifest.exists() and process_rank() > 0:
+        import time
+
+        log.info("rank %d: waiting for rank 0 to preprocess %s", process_rank(), cfg.dataset.cache_root)
+        deadline = time.monotonic() + wait_s
+        while not manifest.exists() and time.monotonic() < deadline:
+            time.sleep(5.0)
+        if not manifest.exists():
+            raise TimeoutError(f"rank {process_rank()}: no cache manifest at {manifest} after {wait_s:.0f} s; "
+                               "preprocess first (task=preprocess) and start the run again")
+        return
+    if not manifest.exists():
         from fm_bio.tasks.preprocess import preprocess_task
 
         log.info("no cache at %s yet: preprocessing %s first", cfg.dataset.cache_root, cfg.dataset.name)
@@ -89,6 +102,8 @@ def pretrain_task(cfg: DictConfig) -> dict[str, Any]:
             log.info("ckpt_path=last: %s", f"resuming from {ckpt_path}" if ckpt_path else "no last.ckpt yet, starting afresh")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         best = ckpt.best_model_path
+        if not trainer.is_global_zero:  # DDP ranks > 0: rank 0 writes the artifacts and the summary
+            return {"rank": trainer.global_rank}
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)

@@ -23,6 +23,13 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
 
 
+def process_rank() -> int:
+    """This process's global rank as the launchers announce it (RANK, SLURM_PROCID, LOCAL_RANK...); 0 alone."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list, callbacks: list, **overrides: Any) -> pl.Trainer:
     """A Trainer with the ``trainer`` group's arguments, writing into ``output_dir``."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)

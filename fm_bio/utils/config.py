@@ -17,10 +17,19 @@ def path_tag(path: str) -> str:
     return f"{resolved.name}-{digest}"
 
 
+def gpus_per_node(accelerator: str, devices: Any) -> int:
+    """GPUs a SLURM job asks for per node: the trainer's devices on a GPU trainer, none on a CPU one."""
+    if str(accelerator) not in ("gpu", "cuda", "auto"):
+        return 0
+    return int(devices) if str(devices).lstrip("-").isdigit() and int(devices) > 0 else 1
+
+
 def register_resolvers() -> None:
     """Register the ``fm_bio.*`` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("fm_bio.path_tag"):
         OmegaConf.register_new_resolver("fm_bio.path_tag", path_tag)
+    if not OmegaConf.has_resolver("fm_bio.gpus_per_node"):
+        OmegaConf.register_new_resolver("fm_bio.gpus_per_node", gpus_per_node)
 
 
 def conf_dir() -> Path:

@@ -146,3 +146,29 @@ def test_applewatch_tree_preprocess_counts(sleep_accel_tree, tmp_path):
     assert sorted(report.processed) == ["1000001", "1000002", "1000003"]
     assert manifest["subjects"]["1000003"]["modalities"] == ["hr"]
     assert manifest["subjects"]["1000001"]["modalities"] == ["activity", "hr"]
+
+
+def test_sharded_preprocessing_merges_to_the_unsharded_manifest(tmp_path):
+    """Two shards writing into one cache, then merged, give exactly the manifest (and files) of one run."""
+    import json
+
+    from fm_bio.data.sources import MesaSource
+    from fm_bio.tasks.preprocess import PreprocessError, merge_shards, run_preprocess, shard_subjects
+    from tests.factories import make_mesa_tree
+
+    raw = make_mesa_tree(tmp_path / "raw", n_subjects=5)
+    source, cfg = MesaSource(raw), PreprocessConfig()
+    whole = run_preprocess(source, tmp_path / "whole", cfg, progress=False)
+    assert len(whole.processed) == 5
+    shared = tmp_path / "sharded"
+    reports = [run_preprocess(source, shared, cfg, progress=False, shard=i, num_shards=2) for i in range(2)]
+    assert sorted(s for r in reports for s in r.processed) == sorted(whole.processed)
+    assert not set(reports[0].processed) & set(reports[1].processed)
+    assert not (shared / "manifest.json").exists()  # only the shard manifests so far
+    with pytest.raises(PreprocessError, match="missing"):
+        merge_shards(shared, 3)
+    merge_shards(shared, 2)
+    a = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    b = json.loads((shared / "manifest.json").read_text())
+    assert a == b
+    assert shard_subjects(["c", "a", "b"], 1, 2) == ["b"] and shard_subjects(["a"], None, 1) == ["a"]

@@ -182,6 +182,11 @@ def manifest_from_entries(dataset: str, config_hash: str, entries: Iterable[dict
     }
 
 
+def shard_manifest_name(shard: int, num_shards: int) -> str:
+    """The manifest file a preprocessing shard writes (``task=merge_shards`` joins them into the manifest)."""
+    return f"manifest.shard-{shard}-of-{num_shards}.json"
+
+
 def load_manifest(cache_root: Path) -> dict:
     """Read ``manifest.json``; a clear error when the cache has not been built."""
     path = Path(cache_root) / MANIFEST_NAME
@@ -212,15 +217,22 @@ def open_subject(cache_root: Path, subject: str, names: Iterable[str] | None = N
     return out
 
 
-def clean_temporaries(cache_root: Path) -> int:
+def clean_temporaries(cache_root: Path, subjects: Iterable[str] | None = None, manifest_name: str = MANIFEST_NAME) -> int:
     """Remove leftovers of killed writes (``.tmp/`` and ``.<name>.<id>.tmp`` files); returns how many.
 
-    Call it only when no other process writes to this cache.
+    With ``subjects`` (a shard's), only the leftovers of those subjects and of ``manifest_name`` go, so shards
+    writing into one cache at the same time never remove each other's files in flight; without, every
+    leftover goes (call it then only when no other process writes to this cache).
     """
     cache_root = Path(cache_root)
     tmp_root = cache_root / ".tmp"
     leftovers = list(tmp_root.iterdir()) if tmp_root.exists() else []
-    leftovers += list(cache_root.glob(".*.tmp"))
+    if subjects is not None:
+        own = set(subjects)
+        leftovers = [p for p in leftovers if p.name.removeprefix("old-").rsplit("-", 1)[0] in own]
+        leftovers += list(cache_root.glob(f".{manifest_name}.*.tmp"))
+    else:
+        leftovers += list(cache_root.glob(".*.tmp"))
     for p in leftovers:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(leftovers)

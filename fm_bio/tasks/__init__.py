@@ -17,6 +17,12 @@ def _preprocess(cfg: DictConfig) -> dict[str, Any]:
     return preprocess_task(cfg)
 
 
+def _merge_shards(cfg: DictConfig) -> dict[str, Any]:
+    from fm_bio.tasks.preprocess import merge_shards_task
+
+    return merge_shards_task(cfg)
+
+
 def _generate_demo(cfg: DictConfig) -> dict[str, Any]:
     from fm_bio.tasks.preprocess import generate_demo_task
 
@@ -53,6 +59,6 @@ def _report(cfg: DictConfig) -> dict[str, Any]:
     return report_task(cfg)
 
 
-TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "generate_demo": _generate_demo, "pretrain": _pretrain,
+TASKS: dict[str, TaskFn] = {"preprocess": _preprocess, "merge_shards": _merge_shards, "generate_demo": _generate_demo, "pretrain": _pretrain,
                             "population": _population, "finetune": _finetune, "loso": _loso, "report": _report}
 """Registered tasks (imports are lazy so ``--help`` and config tests stay fast)."""

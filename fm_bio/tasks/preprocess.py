@@ -74,34 +74,52 @@ def _process_subject(source: Source, subject: str, cfg: PreprocessConfig, cache_
 
 
 def _write_manifest(cache_root: Path, dataset: str, cfg_hash: str, entries: dict[str, dict], failed: dict[str, str],
-                    source_root: str) -> None:
+                    source_root: str, name: str = cache.MANIFEST_NAME) -> None:
     manifest = cache.manifest_from_entries(dataset, cfg_hash, entries.values(), failed)
     manifest["source_root"] = source_root
-    cache.atomic_write_json(cache_root / cache.MANIFEST_NAME, manifest)
+    cache.atomic_write_json(cache_root / name, manifest)
+
+
+def shard_subjects(subjects: list[str], shard: int | None, num_shards: int) -> list[str]:
+    """Shard ``shard`` of ``num_shards``: every ``num_shards``-th subject of the sorted list (disjoint, covering)."""
+    if shard is None or num_shards == 1:
+        return subjects
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard={shard} must be in 0..num_shards-1 (num_shards={num_shards})")
+    return sorted(subjects)[shard::num_shards]
 
 
 def run_preprocess(source: Source, cache_root: str | Path, cfg: PreprocessConfig, subjects: list[str] | None = None,
                    n_jobs: int = 1, strict: bool = False, verify_hashes: bool = False,
-                   progress: bool = True) -> PreprocessReport:
+                   progress: bool = True, shard: int | None = None, num_shards: int = 1) -> PreprocessReport:
     """Preprocess ``subjects`` (default: all the source has) into ``cache_root``.
 
     Subjects whose cached files are intact and were made with the same settings are skipped; every
     subject is written atomically and the manifest is rewritten (atomically) after each one, so a killed
     run resumes where it stopped. A failing subject is recorded in the manifest's ``failed`` section and
     the report; with ``strict`` it stops the run.
+
+    With ``shard``/``num_shards`` (e.g. one SLURM array task each) only every ``num_shards``-th subject is
+    processed and the shard's manifest is ``manifest.shard-<i>-of-<n>.json``; shards may write into one cache
+    at the same time, and :func:`merge_shards` (``task=merge_shards``) joins them into ``manifest.json``.
     """
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
-    n_tmp = cache.clean_temporaries(cache_root)
-    if n_tmp:
-        log.info("removed %d leftovers of an interrupted run in %s", n_tmp, cache_root / ".tmp")
     cfg_hash = cache_config_hash(cfg, source)
     wanted = source.subjects() if subjects is None else [source.check_subject(s) for s in subjects]
+    sharded = shard is not None and num_shards > 1
+    wanted = shard_subjects(wanted, shard, num_shards)
+    manifest_name = cache.shard_manifest_name(shard, num_shards) if sharded else cache.MANIFEST_NAME
+    n_tmp = cache.clean_temporaries(cache_root, subjects=wanted if sharded else None, manifest_name=manifest_name)
+    if n_tmp:
+        log.info("removed %d leftovers of an interrupted run in %s", n_tmp, cache_root / ".tmp")
     report = PreprocessReport(cache_root=str(cache_root), config_hash=cfg_hash)
 
     # Entries of every intact subject already in the cache (also ones outside this selection).
     entries: dict[str, dict] = {}
     for folder in sorted(p for p in cache_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sharded and folder.name not in wanted:
+            continue  # another shard's subject: its own manifest lists it
         if cache.subject_is_intact(cache_root, folder.name, cfg_hash, verify_hashes=verify_hashes):
             entries[folder.name] = cache.read_subject_meta(cache_root, folder.name)  # type: ignore[assignment]
     todo = [s for s in wanted if s not in entries]
@@ -124,11 +142,11 @@ def run_preprocess(source: Source, cache_root: str | Path, cfg: PreprocessConfig
             else:
                 failed[subject] = error
                 log.error("subject %s failed: %s", subject, error)
-            _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root))
+            _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root), manifest_name)
             if error is not None and strict:
                 bar.close()
                 raise PreprocessError(f"subject {subject} failed (strict=true): {error}")
-    _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root))
+    _write_manifest(cache_root, source.name, cfg_hash, entries, failed, str(source.root), manifest_name)
 
     report.failed = failed
     qc: Counter[str] = Counter({r: 0 for r in QC_REASONS})
@@ -181,6 +199,8 @@ def preprocess_task(cfg: DictConfig) -> dict[str, Any]:
         strict=bool(cfg.strict),
         verify_hashes=bool(cfg.dataset.get("verify_hashes", False)),
         progress=bool(cfg.get("progress", True)),
+        shard=cfg.get("shard"),
+        num_shards=int(cfg.get("num_shards") or 1),
     )
     out = Path(cfg.paths.output_dir)
     cache.atomic_write_json(out / "preprocess_report.json", report.as_dict())
@@ -193,6 +213,45 @@ def preprocess_task(cfg: DictConfig) -> dict[str, Any]:
         log.warning("failed subjects (see %s): %s", out / "preprocess_report.json", sorted(report.failed))
     return {"cache_root": report.cache_root, "n_processed": len(report.processed),
             "n_skipped": len(report.skipped_intact), "n_failed": len(report.failed)}
+
+
+def merge_shards(cache_root: str | Path, num_shards: int) -> dict[str, Any]:
+    """Join the ``num_shards`` shard manifests of a cache into ``manifest.json`` (atomically).
+
+    Every shard must have finished (its manifest present, one settings hash for all); each listed subject's
+    files are checked to be intact. The merged manifest equals the one an unsharded run writes.
+    """
+    cache_root = Path(cache_root)
+    names = [cache.shard_manifest_name(i, num_shards) for i in range(num_shards)]
+    missing = [n for n in names if not (cache_root / n).exists()]
+    if missing:
+        raise PreprocessError(f"{cache_root}: shard manifests {missing} are missing; run those shards "
+                              f"(task=preprocess shard=<i> num_shards={num_shards}) before merging")
+    parts = [json.loads((cache_root / n).read_text()) for n in names]
+    hashes = sorted({p["config_hash"] for p in parts})
+    if len(hashes) != 1:
+        raise PreprocessError(f"{cache_root}: the shards were made with different settings {hashes}; re-run "
+                              "them with one configuration")
+    entries: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for name, part in zip(names, parts, strict=True):
+        for subject, entry in part["subjects"].items():
+            if subject in entries:
+                raise PreprocessError(f"{cache_root}: subject {subject} is in two shards; shards must be disjoint")
+            if not cache.subject_is_intact(cache_root, subject, hashes[0]):
+                raise PreprocessError(f"{cache_root}: subject {subject} ({name}) is not intact on disk; re-run its shard")
+            entries[subject] = entry
+        failed.update(part.get("failed", {}))
+    _write_manifest(cache_root, parts[0]["dataset"], hashes[0], entries, failed, parts[0].get("source_root", ""))
+    log.info("merged %d shard manifests of %s: %d subjects, %d failed", num_shards, cache_root, len(entries), len(failed))
+    return {"cache_root": str(cache_root), "n_subjects": len(entries), "n_failed": len(failed)}
+
+
+def merge_shards_task(cfg: DictConfig) -> dict[str, Any]:
+    """Entry of ``task=merge_shards`` (needs ``num_shards``)."""
+    if int(cfg.get("num_shards") or 1) < 2:
+        raise SystemExit("task=merge_shards needs num_shards=<n> (the number of preprocessing shards)")
+    return merge_shards(cfg.dataset.cache_root, int(cfg.num_shards))
 
 
 def generate_demo_task(cfg: DictConfig) -> dict[str, Any]:

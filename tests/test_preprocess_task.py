@@ -172,3 +172,38 @@ def test_sharded_preprocessing_merges_to_the_unsharded_manifest(tmp_path):
     b = json.loads((shared / "manifest.json").read_text())
     assert a == b
     assert shard_subjects(["c", "a", "b"], 1, 2) == ["b"] and shard_subjects(["a"], None, 1) == ["a"]
+
+
+def test_bad_input_kinds_are_errors_or_counted(tmp_path):
+    """All-EXCLUDED actigraphy, an unknown stage code, out-of-range heart rate and the same subject twice."""
+    import json
+
+    from fm_bio.data.sources import AppleWatchSource, MesaSource
+    from fm_bio.tasks.preprocess import PreprocessError, run_preprocess
+    from tests.factories import STAGES_A, STAGES_AW, write_mesa_subject, write_sleep_accel_subject
+
+    root = tmp_path / "mesa"
+    write_mesa_subject(root, 1, STAGES_A * 2, excluded_epochs=tuple(range(40)))  # actigraphy EXCLUDED all night
+    write_mesa_subject(root, 2, [7 if s == 3 else s for s in STAGES_A] * 2)  # stage code 7 does not exist
+    src = MesaSource(root)
+    report = run_preprocess(src, tmp_path / "cache", PreprocessConfig(), progress=False)
+    assert list(report.failed) == ["0001"] and "all EXCLUDED" in report.failed["0001"]
+    assert "optional_modalities" in report.failed["0001"]  # the fix is named
+    entry = json.loads((tmp_path / "cache" / "manifest.json").read_text())["subjects"]["0002"]
+    assert entry["unknown_stage_codes"] == {"7": 4} and entry["label_counts"]["unscored"] >= 4  # masked, counted
+    # tolerance asked for: activity optional -> the subject is cached without it
+    report = run_preprocess(src, tmp_path / "cache_opt", PreprocessConfig(optional_modalities=("activity",)),
+                            progress=False)
+    assert not report.failed
+    opt = json.loads((tmp_path / "cache_opt" / "manifest.json").read_text())["subjects"]["0001"]
+    assert opt["modalities"] == ["ecg", "hr"] and opt["signal_stats"]["activity_all_missing"] == 40
+    with pytest.raises(PreprocessError, match="more than once"):
+        run_preprocess(src, tmp_path / "cache_dup", PreprocessConfig(), subjects=["1", "0001"], progress=False)
+
+    aw = tmp_path / "aw"
+    write_sleep_accel_subject(aw, "1000001", STAGES_AW * 3, hr_bpm=300.0, motion=False)  # all out of range
+    write_sleep_accel_subject(aw, "1000002", STAGES_AW * 3, hr_bpm=60.0, motion=False)
+    cfg = PreprocessConfig(modalities=("hr",), hr_source="device", hr_max_gap_s=300.0)
+    report = run_preprocess(AppleWatchSource(aw), tmp_path / "awcache", cfg, progress=False)
+    assert list(report.failed) == ["1000001"] and "hr_gap" in report.failed["1000001"]
+    assert "1000001_heartrate.txt" in report.failed["1000001"]  # the file is named

@@ -182,12 +182,24 @@ def preprocess_night(record: NightRecord, cfg: PreprocessConfig) -> ProcessedNig
         counts = np.asarray(record.activity_counts, dtype=np.float32)
         if len(counts) != n:
             raise ValueError(f"subject {record.subject}: {len(counts)} activity epochs for {n} label epochs")
+        if not np.isfinite(counts).any():
+            if "activity" not in cfg.optional_modalities:
+                raise ValueError(f"subject {record.subject}: no epoch has activity ({record.source_files.get('actigraphy', 'activity source')} "
+                                 "is all EXCLUDED/missing); drop activity (dataset.modalities without it) or make it "
+                                 "optional (dataset.preprocess.optional_modalities=[activity])")
+            stats["activity_all_missing"] = n  # optional: the subject is cached without activity
+            wants.discard("activity")
+    if "activity" in wants:
         flag(~np.isfinite(counts), "activity_missing")
         kept_counts = np.where(reject == 0, counts, np.nan)
         arrays["activity_counts"] = counts.reshape(n, 1)
         arrays["activity"] = act.normalise_activity(kept_counts, cfg.activity_normalisation).reshape(n, 1)
 
     keep = reject == 0
+    if not keep.any():
+        reasons = {r: int((reject == i + 1).sum()) for i, r in enumerate(QC_REASONS) if (reject == i + 1).any()}
+        raise ValueError(f"subject {record.subject}: all {n} epochs fail quality control {reasons}; check its files "
+                         f"{sorted(record.source_files.values())} or the QC settings (dataset.preprocess)")
     epoch_index = np.arange(n, dtype=np.int32)
     out = {name: np.ascontiguousarray(a[keep]) for name, a in arrays.items()}
     out["label"] = record.labels[keep].astype(np.int8)

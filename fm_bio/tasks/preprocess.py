@@ -107,6 +107,10 @@ def run_preprocess(source: Source, cache_root: str | Path, cfg: PreprocessConfig
     cache_root.mkdir(parents=True, exist_ok=True)
     cfg_hash = cache_config_hash(cfg, source)
     wanted = source.subjects() if subjects is None else [source.check_subject(s) for s in subjects]
+    twice = sorted({s for s in wanted if wanted.count(s) > 1})
+    if twice:
+        raise PreprocessError(f"the same subject is selected more than once: {twice} (ids are normalised, e.g. 1 and "
+                              f"0001 are one MESA subject); list each subject once in dataset.subjects")
     sharded = shard is not None and num_shards > 1
     wanted = shard_subjects(wanted, shard, num_shards)
     manifest_name = cache.shard_manifest_name(shard, num_shards) if sharded else cache.MANIFEST_NAME

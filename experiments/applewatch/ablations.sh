@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quality work for experiment=applewatch_loso: one-factor-at-a-time runs of the study with the per-client
-# Base model only (no pretraining needed), each reported under experiments/applewatch/ablations/<name>/.
+# Quality work for experiment=applewatch_loso: one-factor-at-a-time runs of the study, each reported under
+# experiments/applewatch/ablations/<name>/: the per-client Base model for the classifier settings (no
+# pretraining needed), fm_probe (a frozen FM per subject fold) for the pretraining settings.
 # Reference (run context_5): context_epochs=5, no clock proxy (model.time_of_night=false), class-weighted
 # loss, night_scale heart rate, the default deepsense encoder; every other run changes one of these.
 # The main study's report (experiments/applewatch/results.md) gathers them in its "Quality work" section.
@@ -18,13 +19,17 @@ declare -A RUNS=(
   [encoder_small]="encoder.conv_channels=16 encoder.gru_hidden=32 encoder.embedding_dim=32"
   [encoder_large]="encoder.conv_channels=64 encoder.gru_hidden=128 encoder.embedding_dim=128"
   [hr_only]="dataset.datamodule.modalities=[hr]"
+  [fm_reference]=""
+  [fm_no_augment]="augment=none"
+  [fm_no_adversary]="loss=focal"
 )
-NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 time_of_night unweighted_loss hr_walch_dog encoder_small encoder_large hr_only)
+declare -A MODELS=([fm_reference]="[fm_probe]" [fm_no_augment]="[fm_probe]" [fm_no_adversary]="[fm_probe]")
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(context_0 context_5 context_10 time_of_night unweighted_loss hr_walch_dog encoder_small encoder_large hr_only fm_reference fm_no_augment fm_no_adversary)
 for name in "${NAMES[@]}"; do
   echo "== ablation $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086
   REF="model.time_of_night=false"; [ "$name" = time_of_night ] && REF=""
-  "$PY" -m fm_bio.run experiment=applewatch_loso dataset.root="$ROOT" "loso.models=[base]" $REF ${RUNS[$name]} \
+  "$PY" -m fm_bio.run experiment=applewatch_loso dataset.root="$ROOT" "loso.models=${MODELS[$name]:-[base]}" $REF ${RUNS[$name]} \
     report.figures=false report.out_dir=experiments/applewatch/ablations/$name \
     hydra.run.dir=outputs/loso/applewatch-ablations/$name
 done

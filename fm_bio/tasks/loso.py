@@ -116,7 +116,8 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     lcfg = to_plain(cfg.loso)
     entries = cache.load_manifest(cfg.dataset.cache_root)["subjects"]
-    labelled = sorted(s for s, e in entries.items() if sum(e.get("label_counts", {}).values()) > 0)
+    labelled = sorted(s for s, e in entries.items()  # subjects with scored epochs left after quality control
+                      if sum(v for k, v in e.get("label_counts_kept", {}).items() if k != "unscored") > 0)
     folds = subject_folds(labelled, int(lcfg["n_folds"]), int(cfg.seed))
     models = list(lcfg["models"])
     plan = {"dataset": cfg.dataset.name, "dataset_root": str(cfg.dataset.root), "cache_root": str(cfg.dataset.cache_root),

@@ -22,6 +22,7 @@ def _batch(shapes: dict[str, list[int]], n: int, seed: int, drop_last_modality: 
     if drop_last_modality:  # e.g. a watch without motion for part of the night
         present[::2, -1] = False
     batch["modality_present"] = present
+    batch["epoch_index"] = torch.randint(0, 1200, (n,), generator=gen)
     return batch
 
 
@@ -46,7 +47,7 @@ def _assert_same(module: ClassifierModule, path, shapes: dict[str, list[int]]) -
         batch = _batch(shapes, n, seed, drop_last_modality=n > 1)
         with torch.no_grad():
             want = module(batch)
-            got = model(*example_inputs(batch, module.modalities))
+            got = model(*example_inputs(batch, module.modalities, module.time_of_night))
         assert got.shape == (n, 4)
         assert torch.equal(want.argmax(-1), got.argmax(-1)), f"argmax differs on a batch of {n}"
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
@@ -62,6 +63,15 @@ def test_exported_base_classifier_matches_eager(tmp_path, shapes):
     path = export_classifier(module, _batch(shapes, 4, 0), tmp_path / "classifier.pt2")
     assert module.training, "export must restore the module's training mode"
     _assert_same(module, path, shapes)
+
+
+def test_exported_classifier_with_time_of_night(tmp_path):
+    torch.manual_seed(0)
+    shapes = WATCH_CONTEXT
+    module = _trained_like(ClassifierModule("base", shapes, encoder=SMALL, time_of_night=True), shapes)
+    path = export_classifier(module, _batch(shapes, 4, 0), tmp_path / "classifier.pt2")
+    _assert_same(module, path, shapes)
+    assert load_exported(path)[1]["time_of_night"] is True
 
 
 def test_exported_fm_probe_on_watch_inputs(tmp_path):

@@ -66,6 +66,7 @@ bench: $(STAMP) ## Benchmarks; results go to experiments/bench/
 	$(PY) -m fm_bio.bench.pretrain_bench
 	$(PY) -m fm_bio.bench.finetune_bench
 	$(PY) -m fm_bio.bench.inference_bench
+	$(PY) -m fm_bio.bench.memory_bench
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check fm_bio tests

@@ -374,9 +374,11 @@ class SleepDataModule(pl.LightningDataModule):
             return DataLoader(ds, batch_sampler=sampler, **kwargs)
         # A last training batch of one sample breaks BatchNorm (no batch statistics): drop it.
         lone_last = len(ds) % self.batch_size == 1 and len(ds) > 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            # DDP: each rank a disjoint shard (the trainer configs set use_distributed_sampler=false, since
-            # Lightning cannot inject its sampler into the consecutive-epoch batch sampler above)
+        if train and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # DDP: each rank trains on a disjoint shard (the trainer configs set use_distributed_sampler=false,
+            # since Lightning cannot inject its sampler into the consecutive-epoch batch sampler above).
+            # Evaluation loaders stay whole on every rank, so predictions cover every epoch once.
             sampler = DistributedSampler(ds, shuffle=train, seed=self.seed, drop_last=train)
             del kwargs["generator"]
             return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,

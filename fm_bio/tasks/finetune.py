@@ -156,6 +156,10 @@ def finetune_task(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("strict"):
             raise
         return record
+    from fm_bio.training.trainer import process_rank
+
+    if process_rank() > 0:  # DDP: rank 0 writes the job's results
+        return record
     all_preds = pd.concat(preds, ignore_index=True).sort_values("epoch_index")
     record["metrics"] = compute_metrics(all_preds["y_true"].to_numpy(), all_preds["y_pred"].to_numpy())
     record["folds"] = folds

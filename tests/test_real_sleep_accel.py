@@ -45,6 +45,10 @@ def test_preprocess_real_sleep_accel_via_the_cli(tmp_path):
         assert entry["label_counts"] == raw_label_counts(path), sid
         assert entry["n_night_epochs"] == n_lines, sid
         assert entry["n_epochs"] + sum(entry["qc"].values()) == n_lines, sid
-        assert entry["modalities"] == ["hr"], sid  # no motion/ in this copy: heart rate only
+        # no motion/ in this copy: activity is Walch et al.'s count feature, placed by matching label rows
+        assert entry["modalities"] == ["activity", "hr"] and "count_feature" in entry["source_files"], sid
+        walch_rows = sum(1 for line in (REAL_SLEEP_ACCEL / "features" / f"{sid}_count_feature.out").read_text().split("\n")
+                         if line.strip())
+        assert entry["n_epochs"] <= walch_rows, sid  # never more epochs than the feature covers
     report = json.loads((tmp_path / "run" / "preprocess_report.json").read_text())
     assert report["n_epochs_kept"] == sum(e["n_epochs"] for e in manifest["subjects"].values())

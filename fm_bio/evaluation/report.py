@@ -586,6 +586,15 @@ def build_report(sweep_dir: Path, out_dir: Path, study: str | None = None, basel
     })
 
 
+def _display_path(path: str) -> str:
+    """A path as the report shows it: relative to the folder the run started in when inside it (so reports
+    made on different machines from the same commands read the same), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _markdown(info: dict[str, Any]) -> str:
     """The text of ``results.md``."""
     jobs: list[Job] = info["jobs"]
@@ -612,7 +621,7 @@ def _markdown(info: dict[str, Any]) -> str:
     ]
     artifacts = sorted({j.encoder_artifact for j in jobs if j.encoder_artifact})
     if artifacts:
-        lines.append("- Encoder artifact(s): " + ", ".join(f"`{a}`" for a in artifacts))
+        lines.append("- Encoder artifact(s): " + ", ".join(f"`{_display_path(a)}`" for a in artifacts))
     lines += ["", "Classes: wake, light (N1+N2), deep (N3+N4), REM. F1 = macro-F1 over the classes present in the "
               "true labels or the predictions. Accuracy alone flatters (light sleep is the majority class, about half "
               "of all epochs on MESA): read kappa and macro-F1.", ""]

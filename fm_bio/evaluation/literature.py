@@ -8,7 +8,6 @@ row says what was measured, so the reader sees where a comparison is not like fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

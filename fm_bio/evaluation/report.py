@@ -619,7 +619,7 @@ def _markdown(info: dict[str, Any]) -> str:
         f"- Sweep folder: `{info['sweep_dir'].name}`; report generated "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d')} (UTC)",
     ]
-    artifacts = sorted({j.encoder_artifact for j in jobs if j.encoder_artifact})
+    artifacts = sorted({j.encoder_artifact for j in jobs if j.encoder_artifact and j.model.startswith("fm_")})  # used
     if artifacts:
         lines.append("- Encoder artifact(s): " + ", ".join(f"`{_display_path(a)}`" for a in artifacts))
     lines += ["", "Classes: wake, light (N1+N2), deep (N3+N4), REM. F1 = macro-F1 over the classes present in the "

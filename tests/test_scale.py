@@ -34,12 +34,13 @@ def test_slurm_launcher_follows_the_trainer():
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_pretrain_once(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_ddp_two_cpu_processes_pretrain_once(tmp_path, strategy):
     raw = make_mesa_tree(tmp_path / "raw", n_subjects=4)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "fm_bio.run", "experiment=pretrain_mesa", f"dataset.root={raw}",
            f"dataset.cache_root={tmp_path / 'cache'}", f"hydra.run.dir={run}", "progress=false", "n_jobs=1",
-           "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "trainer.sync_batchnorm=false",
+           f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "trainer.sync_batchnorm=false",
            "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "+trainer.limit_train_batches=3",
            "+trainer.limit_val_batches=2", "dataset.datamodule.batch_size=16", "dataset.datamodule.seq_len=4",
            "model.probe_max_per_subject=40", "split.subjects.val_fraction=0.25"]

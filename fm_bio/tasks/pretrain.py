@@ -113,7 +113,7 @@ def pretrain_task(cfg: DictConfig) -> dict[str, Any]:
             "preprocess_hash": cache.load_manifest(cfg.dataset.cache_root).get("config_hash"),
             "checkpoint": Path(best).name if best else "last", "seed": int(cfg.seed),
         })
-        final_probes = probes.run(trainer, module)
+        final_probes = probes.run(trainer, module, dm)
     finally:
         finish_loggers(loggers)
     summary = {

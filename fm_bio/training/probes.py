@@ -111,9 +111,10 @@ class EmbeddingProbes(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
 
-    def run(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
-        """Compute the probes now (also used at the end of fitting)."""
-        dm = trainer.datamodule
+    def run(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any = None) -> dict[str, float]:
+        """Compute the probes now (also used at the end of fitting; pass the DataModule there: after a
+        ``ddp_spawn`` fit the trainer in the main process no longer holds it)."""
+        dm = datamodule if datamodule is not None else trainer.datamodule
         train_ds, val_ds = dm.dataset("train"), dm.dataset("val")
         if train_ds is None:
             return {}

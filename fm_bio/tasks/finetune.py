@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -197,13 +198,16 @@ def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dic
     from fm_bio.models.classic import make_classifier
 
     if not inputs:
-        inputs["client"] = _classic_inputs(dm.cache_root, dm.client_subject)
+        inputs["manifest"] = cache.load_manifest(dm.cache_root)["subjects"]
+        inputs["client"] = _classic_inputs(dm.cache_root, dm.client_subject, inputs["manifest"][dm.client_subject])
     arrays, features = inputs["client"]
     test_rows = dm.dataset("test").sample_row
     train_on = str(cfg.model.get("train_on", "client"))
+    new_classifier = partial(make_classifier, int(cfg.seed), bool(cfg.model.class_weighted_loss),
+                             int(cfg.model.max_iter), float(cfg.model.learning_rate))
     if train_on == "population":
         if "model" not in inputs:
-            manifest = cache.load_manifest(dm.cache_root)["subjects"]
+            manifest = inputs["manifest"]
             holdout = {str(h) for h in (cfg.split.subjects.get("holdout") or [])} | {dm.client_subject}
             population = sorted(s for s in manifest if s not in holdout)
             if not population:
@@ -211,22 +215,17 @@ def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dic
                                  f"holding out {sorted(holdout)}")
             xs, ys = [], []
             for subject in population:
-                sub_arrays, sub_features = _classic_inputs(dm.cache_root, subject)
+                sub_arrays, sub_features = _classic_inputs(dm.cache_root, subject, manifest[subject])
                 labelled = sub_arrays["label"] >= 0
                 xs.append(sub_features[labelled])
                 ys.append(sub_arrays["label"][labelled])
-            clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
-                                  float(cfg.model.learning_rate))
-            inputs["model"] = clf.fit(np.concatenate(xs), np.concatenate(ys))
-            inputs["population"] = population
+            inputs["model"] = new_classifier().fit(np.concatenate(xs), np.concatenate(ys))
             log.info("classic population model trained on %d subjects (%d epochs), clients held out: %s",
                      len(population), sum(len(y) for y in ys), sorted(holdout))
         clf = inputs["model"]
     elif train_on == "client":
         fit_rows = np.concatenate([dm.dataset(s).sample_row for s in ("train", "val") if dm.dataset(s) is not None])
-        clf = make_classifier(int(cfg.seed), bool(cfg.model.class_weighted_loss), int(cfg.model.max_iter),
-                              float(cfg.model.learning_rate))
-        clf.fit(features[fit_rows], arrays["label"][fit_rows])
+        clf = new_classifier().fit(features[fit_rows], arrays["label"][fit_rows])
     else:
         raise ValueError(f"model.train_on={train_on!r}; options: client, population")
     return pd.DataFrame({"epoch_index": arrays["epoch_index"][test_rows].astype(np.int64),
@@ -234,12 +233,12 @@ def fit_predict_classic(cfg: DictConfig, dm: pl.LightningDataModule, inputs: dic
                          "y_pred": clf.predict(features[test_rows]).astype(np.int64)})
 
 
-def _classic_inputs(cache_root: Path, subject: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One subject's cached arrays (label, epoch_index, hr_bpm, activity) and its feature matrix."""
+def _classic_inputs(cache_root: Path, subject: str, entry: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One subject's cached arrays (label, epoch_index, hr_bpm, activity) and its feature matrix; ``entry`` is
+    the subject's manifest entry."""
     from fm_bio.data import cache
     from fm_bio.models.classic import epoch_features
 
-    entry = cache.load_manifest(cache_root)["subjects"][subject]
     names = ["label", "epoch_index", "hr_bpm"] + (["activity"] if "activity" in entry["modalities"] else [])
     arrays = cache.open_subject(cache_root, subject, names, mmap=False)
     return arrays, epoch_features(arrays, entry["n_night_epochs"])

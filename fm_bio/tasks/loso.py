@@ -106,7 +106,6 @@ def check_resumable(plan_path: Path, plan: dict[str, Any]) -> None:
 
 def loso_task(cfg: DictConfig) -> dict[str, Any]:
     """Entry of ``task=loso``."""
-    from fm_bio.evaluation.report import build_report
     from fm_bio.tasks.finetune import finetune_task
     from fm_bio.tasks.population import population_task
     from fm_bio.tasks.pretrain import pretrain_task
@@ -133,13 +132,13 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
               f"seed={int(cfg.seed)}"]
     jobs_dir = out / "jobs"
     timings: dict[str, float] = {}
-    fold_info = []
+    needs_fm = any(m in FM_MODELS for m in models)
+    needs_population = "fm_population" in models
     for f, clients in enumerate(folds):
         fold_dir = out / f"fold{f}"
         held = [f"study.clients={_list(clients)}"]
         t0 = time.perf_counter()
         pre_dir = fold_dir / "pretrain"
-        needs_fm = any(m in FM_MODELS for m in models)
         if needs_fm and not (pre_dir / STAGE_DONE_FILES["pretrain"]).exists():
             log.info("fold %d/%d: pretraining on the %d subjects outside %s", f + 1, len(folds),
                      len(labelled) - len(clients), clients)
@@ -147,14 +146,10 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
                                                *lcfg["pretrain_overrides"]]))
         encoder = pre_dir / "encoder.pt"
         pop_dir = fold_dir / "population"
-        needs_population = any(m == "fm_population" for m in models)
         if needs_population and not (pop_dir / STAGE_DONE_FILES["population"]).exists():
             population_task(compose_stage(base, [*common, *held, "task=population", f"paths.output_dir={pop_dir}",
                                                  f"study.encoder_artifact={encoder}", *lcfg["population_overrides"]]))
         timings[f"fold{f}_pretrain_population_s"] = round(time.perf_counter() - t0, 1)
-        pre_summary = json.loads((pre_dir / STAGE_DONE_FILES["pretrain"]).read_text()) if needs_fm else {}
-        fold_info.append({"fold": f, "clients": clients, "pretrain_subjects": pre_summary.get("subjects", {}),
-                          "final_probes": pre_summary.get("final_probes_best_checkpoint", {})})
         t0 = time.perf_counter()
         for client in clients:
             for model in models:
@@ -166,10 +161,7 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
         timings[f"fold{f}_clients_s"] = round(time.perf_counter() - t0, 1)
 
     report_dir = Path(cfg.report.out_dir)
-    extra = loso_sections(plan, fold_info, jobs_dir, report_dir / "ablations")
-    summary = build_report(jobs_dir, report_dir, study=str(cfg.study.name),
-                           baseline=str(cfg.report.baseline), make_figures=bool(cfg.report.figures),
-                           extra_sections=extra)
+    summary = build_study_report(cfg, out, plan)
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     result = {"plan": plan, "overrides": base, "timings": timings, "report": summary.get("results_md"),
               "models_summary": summary.get("models_summary"), "n_failed": summary.get("n_failed")}
@@ -179,16 +171,11 @@ def loso_task(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def rebuild_report(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """``loso.report_only=true``: rebuild the report of the study in ``out`` (e.g. after more quality runs)
-    from what it holds, running nothing."""
+def build_study_report(cfg: DictConfig, out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """The study's report (``report.out_dir``) from what the study folder ``out`` holds: the jobs, and each
+    fold's pretraining summary for the design section."""
     from fm_bio.evaluation.report import build_report
 
-    plan_path = out / "loso_plan.json"
-    if not plan_path.exists():
-        raise SystemExit(f"loso.report_only=true: {out} holds no study (no loso_plan.json); pass the study's folder "
-                         f"as hydra.run.dir=<it>")
-    plan = json.loads(plan_path.read_text())
     fold_info = []
     for f, clients in enumerate(plan["subject_folds"]):
         path = out / f"fold{f}" / "pretrain" / STAGE_DONE_FILES["pretrain"]
@@ -197,12 +184,23 @@ def rebuild_report(cfg: DictConfig, out: Path) -> dict[str, Any]:
                           "final_probes": pre.get("final_probes_best_checkpoint", {})})
     report_dir = Path(cfg.report.out_dir)
     extra = loso_sections(plan, fold_info, out / "jobs", report_dir / "ablations")
-    summary = build_report(out / "jobs", report_dir, study=str(cfg.study.name), baseline=str(cfg.report.baseline),
-                           make_figures=bool(cfg.report.figures), extra_sections=extra)
+    return build_report(out / "jobs", report_dir, study=str(cfg.study.name), baseline=str(cfg.report.baseline),
+                        make_figures=bool(cfg.report.figures), extra_sections=extra)
+
+
+def rebuild_report(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``loso.report_only=true``: rebuild the report of the study in ``out`` (e.g. after more quality runs)
+    from what it holds, running nothing."""
+    plan_path = out / "loso_plan.json"
+    if not plan_path.exists():
+        raise SystemExit(f"loso.report_only=true: {out} holds no study (no loso_plan.json); pass the study's folder "
+                         f"as hydra.run.dir=<it>")
+    plan = json.loads(plan_path.read_text())
+    summary = build_study_report(cfg, out, plan)
     old = json.loads((out / "loso_summary.json").read_text()) if (out / "loso_summary.json").exists() else {}
     result = {**old, "plan": plan, "report": summary.get("results_md"), "models_summary": summary.get("models_summary"),
               "n_failed": summary.get("n_failed")}
-    atomic_write_json(report_dir / "loso_summary.json", result)
+    atomic_write_json(Path(cfg.report.out_dir) / "loso_summary.json", result)
     log.info("report of the study in %s rebuilt: %s", out, summary.get("results_md"))
     return result
 
